@@ -1,0 +1,59 @@
+# RealCam: every target installs what it needs into .venv/ on first use.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export RAY_AUTH_MODE ?= disabled
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+SAMPLE ?= data/sample
+OUT ?= outputs/sample_annotation
+CLIPS ?= 8
+FRAMES ?= 28
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## list targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: on the dev/CI machines 2.13.0 is a local CPU wheel (see pyproject.toml)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	# deepspeed is source-only; without --no-build-isolation its build pulls an unpinned CUDA torch
+	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-build-isolation deepspeed==0.19.8
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project with its pinned dependencies
+
+test: $(STAMP) ## run the test suite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check annotate train eval tests
+
+sample: $(STAMP) ## render the default synthetic sample into data/sample (skipped if present)
+	@if [ -f $(SAMPLE)/manifest.csv ]; then echo "sample present: $(SAMPLE)"; else \
+	  $(PY) -m annotate synth $(SAMPLE) --clips $(CLIPS) --frames $(FRAMES); fi
+
+annotate: sample ## annotation job on a local Ray over the sample (MANIFEST=... OUT=... to change)
+	$(PY) -m annotate run $(or $(MANIFEST),$(SAMPLE)/manifest.csv) $(OUT) $(ARGS)
+	$(PY) -m annotate report $(OUT)
+
+report: $(STAMP) ## annotation report of OUT
+	$(PY) -m annotate report $(OUT)
+
+bench-annotate: $(STAMP) ## per-clip benchmark vs the COLMAP command-line chain -> bench/annotate.json
+	$(PY) -m annotate.bench_clip --out bench/annotate.json $(ARGS)
+
+bench-job: sample ## clips per hour of the Ray job on the sample -> bench/job.json
+	$(PY) -m annotate.bench_job --out bench/job.json $(ARGS)
+
+clean: ## remove outputs (keeps .venv)
+	rm -rf outputs bench .pytest_cache
+
+.PHONY: help install test lint sample annotate report bench-annotate bench-job clean

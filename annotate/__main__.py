@@ -1,0 +1,34 @@
+"""``python -m annotate {index,run,report,synth} ...``: the annotation stages from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "synth":  # its own parser
+        from annotate import synth
+
+        synth.main(argv[1:])
+        return 0
+    from annotate import index, job, report
+
+    p = argparse.ArgumentParser(prog="python -m annotate",
+                                description="Absolute-scale camera annotation of RealEstate10K-style clips.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    index.add_arguments(sub.add_parser("index", help="build a clip manifest from a RealEstate10K download"))
+    job.add_arguments(sub.add_parser("run", help="annotate a clip manifest with Ray (resumable)"))
+    report.add_arguments(sub.add_parser("report", help="counts, failure reasons and plots of an output folder"))
+    sub.add_parser("synth", help="synthetic clips with ground truth (see python -m annotate synth -h)")
+    args = p.parse_args(argv)
+    if args.cmd == "index":
+        return index.run_from_args(args)
+    if args.cmd == "run":
+        return job.run_from_args(args)
+    return report.run_from_args(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

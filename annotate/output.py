@@ -1,0 +1,364 @@
+"""The annotation folder of the contract: Parquet shards, the quantile filter, RealCam-I2V exports, manifest.json.
+
+Crash safety: every file is written to a temp file in ``OUT`` (named ``.tmp-*``, never ``*.parquet``) and
+renamed into place, so a killed job leaves only complete shards (plus temp files the next run removes).
+A clip may briefly sit in two shards (a ``--retry-failed`` row written before the old shard is rewritten);
+readers keep the row of the highest-numbered shard and :func:`finalize` removes the other.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger("realcam")
+
+CLIPS_DIR = "clips"
+EXPORT_DIR = "export"
+MANIFEST_JSON = "manifest.json"
+TMP_PREFIX = ".tmp-"
+SHARD_RE = re.compile(r"^part-(\d{5,})\.parquet$")
+PENDING = "pending filter"  # filter_reason of ok rows until finalize() has run
+
+SCHEMA = pa.schema([
+    ("clip_id", pa.string()), ("split", pa.string()), ("youtube_id", pa.string()), ("num_frames", pa.int32()),
+    ("timestamps_us", pa.list_(pa.int64())),
+    ("intrinsics", pa.list_(pa.list_(pa.float32(), 4))),
+    ("w2c", pa.list_(pa.list_(pa.float32(), 12))),
+    ("c2w_metric", pa.list_(pa.list_(pa.float32(), 16))),
+    ("frame_scale", pa.list_(pa.float32())), ("frame_num_points", pa.list_(pa.int32())),
+    ("scale", pa.float32()), ("scale_min", pa.float32()), ("scale_max", pa.float32()),
+    ("num_points", pa.int32()), ("reprojection_error", pa.float32()),
+    ("status", pa.string()), ("error", pa.string()), ("keep", pa.bool_()), ("filter_reason", pa.string()),
+    ("seconds", pa.float32()),  # extra: worker wall time of the clip (triangulation + depth)
+])
+_STR = ("clip_id", "split", "youtube_id", "status", "error")
+_NESTED = {"intrinsics": 4, "w2c": 12, "c2w_metric": 16}
+_FLAT = {"timestamps_us": np.int64, "frame_scale": np.float32, "frame_num_points": np.int32}
+_SCALAR = {"num_frames": np.int32, "scale": np.float32, "scale_min": np.float32, "scale_max": np.float32,
+           "num_points": np.int32, "reprojection_error": np.float32, "seconds": np.float32}
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+
+def atomic_write_bytes(out: Path, dest: Path, write) -> None:
+    """``write(tmp_path)`` into ``OUT/.tmp-<name>.<pid>`` then rename over ``dest`` (same file system)."""
+    tmp = Path(out) / f"{TMP_PREFIX}{dest.name}.{os.getpid()}"
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def clean_temp(out: str | os.PathLike) -> int:
+    """Remove temp files a killed run left behind (call only while holding the folder's lock)."""
+    n = 0
+    for p in Path(out).glob(f"{TMP_PREFIX}*"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def list_shards(out: str | os.PathLike) -> list[tuple[int, Path]]:
+    d = Path(out) / CLIPS_DIR
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := SHARD_RE.match(p.name))]
+    return sorted(found)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_shard(out: Path, index: int, table: pa.Table) -> Path:
+    dest = Path(out) / CLIPS_DIR / f"part-{index:05d}.parquet"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, dest, lambda tmp: pq.write_table(table.cast(SCHEMA), tmp, compression="zstd"))
+    return dest
+
+
+# ------------------------------------------------------------------------------------------------ rows
+
+
+def _nested_list(arrays: list, width: int) -> pa.Array:
+    """Per-row ``[F, width]`` arrays -> ``list<fixed_size_list<float32, width>>``."""
+    mats = [np.asarray(a, np.float32).reshape(-1, width) for a in arrays]
+    flat = np.concatenate([m.reshape(-1) for m in mats]) if mats else np.zeros(0, np.float32)
+    offsets = np.concatenate([[0], np.cumsum([len(m) for m in mats])]).astype(np.int32)
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), width)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), inner)
+
+
+def _flat_list(arrays: list, dtype) -> pa.Array:
+    vals = [np.asarray(a, dtype).reshape(-1) for a in arrays]
+    flat = np.concatenate(vals) if vals else np.zeros(0, dtype)
+    offsets = np.concatenate([[0], np.cumsum([len(v) for v in vals])]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat))
+
+
+def rows_to_table(rows: list[dict]) -> pa.Table:
+    """Contract rows (as :func:`annotate.clip.finish_stage` returns them) -> a table with the exact schema.
+    ``keep``/``filter_reason`` are provisional until :func:`finalize`."""
+    cols = {c: pa.array([str(r.get(c, "") or "") for r in rows], pa.string()) for c in _STR}
+    for c, w in _NESTED.items():
+        cols[c] = _nested_list([r.get(c, ()) for r in rows], w)
+    for c, dt in _FLAT.items():
+        cols[c] = _flat_list([r.get(c, ()) for r in rows], dt)
+    for c, dt in _SCALAR.items():
+        default = np.nan if np.issubdtype(dt, np.floating) else 0
+        cols[c] = pa.array(np.array([r.get(c, default) for r in rows], dt))
+    cols["keep"] = pa.array([False] * len(rows), pa.bool_())
+    cols["filter_reason"] = pa.array(["failed" if r.get("status") != "ok" else PENDING for r in rows], pa.string())
+    return pa.table({f.name: cols[f.name] for f in SCHEMA}, schema=SCHEMA)
+
+
+class ShardWriter:
+    """Buffers finished rows and writes them as new shards of at most ``max_rows`` rows."""
+
+    def __init__(self, out: str | os.PathLike, max_rows: int):
+        self.out, self.max_rows = Path(out), max(1, int(max_rows))
+        shards = list_shards(out)
+        self.next_index = shards[-1][0] + 1 if shards else 0
+        self.buffer: list[dict] = []
+        self.written: list[Path] = []
+        self.rows_written = 0
+
+    def add(self, row: dict) -> None:
+        self.buffer.append(row)
+        if len(self.buffer) >= self.max_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        while self.buffer:
+            chunk, self.buffer = self.buffer[:self.max_rows], self.buffer[self.max_rows:]
+            path = write_shard(self.out, self.next_index, rows_to_table(chunk))
+            log.info("wrote %s (%d rows)", path, len(chunk))
+            self.next_index += 1
+            self.written.append(path)
+            self.rows_written += len(chunk)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def latest_rows(out: str | os.PathLike, columns: list[str] | None = None) -> dict[str, tuple[int, int, dict]]:
+    """clip_id -> (shard index, row index, row dict of ``columns``) of the row that counts (latest shard wins)."""
+    columns = list(dict.fromkeys(["clip_id"] + list(columns or [])))
+    found = {}
+    for n, path in list_shards(out):
+        t = pq.read_table(path, columns=columns)
+        for i, row in enumerate(t.to_pylist()):
+            found[row["clip_id"]] = (n, i, row)
+    return found
+
+
+def read_table(out: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    """All rows that count (deduplicated), in shard order."""
+    win = latest_rows(out)
+    parts = []
+    for n, path in list_shards(out):
+        t = pq.read_table(path, columns=columns if columns is None or "clip_id" in columns else ["clip_id"] + columns)
+        mask = [win[c][:2] == (n, i) for i, c in enumerate(t.column("clip_id").to_pylist())]
+        parts.append(t.filter(pa.array(mask, pa.bool_())))
+    if not parts:
+        return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
+    return pa.concat_tables(parts)
+
+
+# ------------------------------------------------------------------------------------------------ filter
+
+
+@dataclass
+class Thresholds:
+    quantile: float
+    scale_max: tuple[float, float] | None = None
+    scale_min: tuple[float, float] | None = None
+
+    @classmethod
+    def compute(cls, scale_max: np.ndarray, scale_min: np.ndarray, q: float) -> Thresholds:
+        """Contract step 6 over the ok rows' float32 values, numpy's default ('linear') quantiles."""
+        smax, smin = np.asarray(scale_max, np.float64), np.asarray(scale_min, np.float64)
+        good = np.isfinite(smax) & np.isfinite(smin)
+        if not good.any():
+            return cls(q)
+        qs = [q, 1 - q]
+        return cls(q, tuple(float(x) for x in np.quantile(smax[good], qs)),
+                   tuple(float(x) for x in np.quantile(smin[good], qs)))
+
+    def reason(self, status: str, smax: float, smin: float) -> str:
+        """'' when kept, else why not (each broken bound, with the value and the threshold)."""
+        if status != "ok":
+            return "failed"
+        if self.scale_max is None:
+            return "no thresholds"
+        lo_tag, hi_tag = f"q{100 * self.quantile:02g}", f"q{100 * (1 - self.quantile):02g}"
+        out = []
+        for name, v, (lo, hi) in (("scale_max", smax, self.scale_max), ("scale_min", smin, self.scale_min)):
+            if not np.isfinite(v):
+                out.append(f"{name} not finite")
+            elif v < lo:
+                out.append(f"{name} below {lo_tag} ({v:.6g} < {lo:.6g})")
+            elif v > hi:
+                out.append(f"{name} above {hi_tag} ({v:.6g} > {hi:.6g})")
+        return "; ".join(out)
+
+    def to_json(self) -> dict:
+        return {"quantile": self.quantile, "method": "linear",
+                "thresholds": {"scale_max": list(self.scale_max) if self.scale_max else [None, None],
+                               "scale_min": list(self.scale_min) if self.scale_min else [None, None]}}
+
+
+def error_kind(error: str) -> str:
+    """The reason's category: the text before the first ':' (clip.py's errors start with it)."""
+    return error.split(":", 1)[0].strip() or "unknown"
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    by_status: dict = field(default_factory=dict)
+    by_split: dict = field(default_factory=dict)
+    kept: int = 0
+    kept_by_split: dict = field(default_factory=dict)
+    failure_reasons: dict = field(default_factory=dict)
+    thresholds: Thresholds | None = None
+    shards: list = field(default_factory=list)
+    unknown_ids: int = 0  # rows of clips not in the current input manifest
+
+
+def finalize(out: str | os.PathLike, quantile: float, meta: dict | None = None, run: dict | None = None,
+             manifest_ids: set[str] | None = None) -> Summary:
+    """The dataset-wide pass after all clips: dedupe, quantile filter (keep / filter_reason), atomic shard
+    rewrites where anything changed, exports, and ``manifest.json`` (``meta`` merged in, ``run`` appended
+    to the run history). Cheap to rerun; it is rerun whenever a job resumes or clips are added."""
+    out = Path(out)
+    win = latest_rows(out, ["split", "status", "error", "scale_min", "scale_max"])
+    rows = [r for _, _, r in win.values()]
+    ok = [r for r in rows if r["status"] == "ok"]
+    th = Thresholds.compute(np.array([r["scale_max"] for r in ok], np.float64),
+                            np.array([r["scale_min"] for r in ok], np.float64), quantile)
+
+    s = Summary(thresholds=th)
+    scales: dict[str, dict[str, np.ndarray]] = {}
+    kept: dict[str, list[str]] = {}
+    for n, path in list_shards(out):
+        old = pq.read_table(path)
+        ids = old.column("clip_id").to_pylist()
+        mask = np.array([win[c][:2] == (n, i) for i, c in enumerate(ids)], bool)
+        t = old.filter(pa.array(mask))
+        if t.num_rows == 0:
+            path.unlink()  # every row superseded by a later shard
+            log.info("removed %s (all rows superseded)", path)
+            continue
+        sc = t.select(["clip_id", "split", "status", "error", "scale_min", "scale_max"]).to_pylist()
+        reasons = [th.reason(r["status"], r["scale_max"], r["scale_min"]) for r in sc]
+        t = t.set_column(t.schema.get_field_index("keep"), "keep", pa.array([not x for x in reasons], pa.bool_()))
+        t = t.set_column(t.schema.get_field_index("filter_reason"), "filter_reason", pa.array(reasons, pa.string()))
+        t = t.select(SCHEMA.names).cast(SCHEMA)
+        if not t.equals(old):
+            write_shard(out, n, t)
+        s.shards.append({"path": f"{CLIPS_DIR}/{path.name}", "rows": t.num_rows, "sha256": sha256_file(path)})
+        fs = t.column("frame_scale").to_pylist()
+        for r, reason, f in zip(sc, reasons, fs):
+            split = r["split"]
+            s.total += 1
+            s.by_split[split] = s.by_split.get(split, 0) + 1
+            s.by_status[r["status"]] = s.by_status.get(r["status"], 0) + 1
+            if r["status"] == "ok":
+                scales.setdefault(split, {})[r["clip_id"]] = np.array(f, np.float32)
+            else:
+                s.failure_reasons[error_kind(r["error"])] = s.failure_reasons.get(error_kind(r["error"]), 0) + 1
+            if not reason:
+                kept.setdefault(split, []).append(r["clip_id"])
+    s.by_status = {"ok": s.by_status.get("ok", 0), "failed": s.by_status.get("failed", 0)}
+    s.kept = sum(len(v) for v in kept.values())
+    s.kept_by_split = {sp: len(kept.get(sp, [])) for sp in sorted(s.by_split)}
+    s.failure_reasons = dict(Counter(s.failure_reasons).most_common())
+    if manifest_ids is not None:
+        s.unknown_ids = len(set(win) - manifest_ids)
+    write_exports(out, s.by_split, scales, kept)
+    write_manifest_json(out, s, meta or {}, run)
+    return s
+
+
+def write_exports(out: Path, splits: dict, scales: dict, kept: dict) -> None:
+    """RealCam-I2V files per split: ok clips' frame scales (npz of a dict) and the kept ids."""
+    exp = out / EXPORT_DIR
+    exp.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        d = {k: scales.get(split, {})[k] for k in sorted(scales.get(split, {}))}
+        atomic_write_bytes(out, exp / f"{split}_per_frame_scale.npz",
+                           lambda tmp, d=d: _savez_dict(tmp, d))
+        text = "".join(f"{c}\n" for c in sorted(kept.get(split, [])))
+        atomic_write_bytes(out, exp / f"{split}_valid_list.txt", lambda tmp, text=text: tmp.write_text(text))
+    for p in exp.iterdir():  # files of splits that no longer have rows
+        m = re.match(r"^(.*)_(per_frame_scale\.npz|valid_list\.txt)$", p.name)
+        if m and m.group(1) not in splits:
+            p.unlink()
+
+
+def _savez_dict(tmp: Path, d: dict) -> None:
+    with open(tmp, "wb") as f:  # a file object: np.savez would append '.npz' to a path
+        np.savez(f, d)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_manifest_json(out: str | os.PathLike) -> dict:
+    p = Path(out) / MANIFEST_JSON
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_manifest_json(out: Path, s: Summary, meta: dict, run: dict | None) -> dict:
+    old = read_manifest_json(out)
+    runs = list(old.get("runs", []))
+    if run is not None:
+        runs.append(run)
+    mj = {"format": "realcam-annotation/1", "created": old.get("created", _now()), "updated": _now(),
+          **{k: v for k, v in old.items() if k in ("input_manifest", "config", "versions", "depth")},
+          **meta,
+          "rows": {"total": s.total, "by_status": s.by_status, "by_split": dict(sorted(s.by_split.items())),
+                   "kept": s.kept, "kept_by_split": s.kept_by_split, "rows_not_in_input_manifest": s.unknown_ids},
+          "filter": s.thresholds.to_json() | {"kept": s.kept},
+          "failure_reasons": s.failure_reasons,
+          "shards": s.shards,
+          "exports": {sp: {"per_frame_scale": f"{EXPORT_DIR}/{sp}_per_frame_scale.npz",
+                           "valid_list": f"{EXPORT_DIR}/{sp}_valid_list.txt"} for sp in sorted(s.by_split)},
+          "runs": runs}
+    text = json.dumps(mj, indent=1, allow_nan=False, default=_json_default)
+    atomic_write_bytes(out, out / MANIFEST_JSON, lambda tmp: tmp.write_text(text + "\n"))
+    return mj
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,120 @@
+"""RealEstate10K camera files: reading with validation, exact writing.
+
+Line 1 is the video URL; every further line is ``timestamp_us fx fy cx cy 0 0`` followed by the 12
+numbers of a row-major 3x4 world-to-camera matrix (see :mod:`annotate.camera` for conventions).
+Every error names the file and the 1-based line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from annotate.camera import orthonormality_error
+
+NUM_COLUMNS = 19
+DEFAULT_ROTATION_TOL = 1e-3
+_YOUTUBE_ID = re.compile(r"(?:v=|youtu\.be/|/embed/|/shorts/)([A-Za-z0-9_-]{6,})")
+
+
+class CameraFileError(ValueError):
+    """A malformed camera file; the message names the file and line."""
+
+    def __init__(self, path: str | os.PathLike, line: int | None, reason: str):
+        self.path, self.line, self.reason = str(path), line, reason
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass
+class CameraTrajectory:
+    url: str
+    timestamps_us: np.ndarray  # int64 [F]
+    intrinsics: np.ndarray  # float64 [F, 4], normalised fx fy cx cy
+    w2c: np.ndarray  # float64 [F, 3, 4]
+
+    def __len__(self) -> int:
+        return len(self.timestamps_us)
+
+    @property
+    def youtube_id(self) -> str:
+        return youtube_id(self.url)
+
+
+def youtube_id(url: str) -> str:
+    """The video id of a YouTube URL; '' when none can be parsed."""
+    m = _YOUTUBE_ID.search(url or "")
+    return m.group(1) if m else ""
+
+
+def parse_camera_text(text: str, path: str | os.PathLike = "<string>",
+                      rotation_tol: float = DEFAULT_ROTATION_TOL) -> CameraTrajectory:
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise CameraFileError(path, 1 if lines else None, "empty file (expected a URL line and pose lines)")
+    url = lines[0].strip()
+    rows, stamps = [], []
+    for n, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue  # tolerate a trailing blank line
+        fields = line.split()
+        if len(fields) != NUM_COLUMNS:
+            raise CameraFileError(path, n, f"expected {NUM_COLUMNS} columns, found {len(fields)}")
+        try:
+            stamp = int(fields[0])
+        except ValueError:
+            raise CameraFileError(path, n, f"timestamp {fields[0]!r} is not an integer") from None
+        vals = []
+        for col, f in enumerate(fields[1:], start=2):
+            try:
+                v = float(f)
+            except ValueError:
+                raise CameraFileError(path, n, f"column {col} {f!r} is not a number") from None
+            if not math.isfinite(v):
+                raise CameraFileError(path, n, f"column {col} is not finite ({f})")
+            vals.append(v)
+        w2c = np.array(vals[6:], np.float64).reshape(3, 4)
+        err = float(orthonormality_error(w2c[:, :3]))
+        if err > rotation_tol:
+            raise CameraFileError(path, n, f"rotation is not orthonormal (error {err:.3g} > tolerance {rotation_tol:g})")
+        if stamps and stamp <= stamps[-1]:
+            raise CameraFileError(path, n, f"timestamp {stamp} does not increase (previous {stamps[-1]})")
+        stamps.append(stamp)
+        rows.append(vals)
+    if not rows:
+        raise CameraFileError(path, None, "empty file (no pose lines after the URL)")
+    arr = np.array(rows, np.float64)
+    return CameraTrajectory(url, np.array(stamps, np.int64), arr[:, :4].copy(), arr[:, 6:].reshape(-1, 3, 4).copy())
+
+
+def read_camera_file(path: str | os.PathLike, rotation_tol: float = DEFAULT_ROTATION_TOL) -> CameraTrajectory:
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CameraFileError(path, None, f"cannot read ({e.__class__.__name__}: {e})") from None
+    return parse_camera_text(text, path, rotation_tol)
+
+
+def format_camera_text(traj: CameraTrajectory) -> str:
+    """The file text: numbers with 9 decimals, as the released dataset writes them."""
+    out = [traj.url]
+    for ts, intr, w2c in zip(traj.timestamps_us, traj.intrinsics, np.asarray(traj.w2c).reshape(-1, 12)):
+        nums = list(intr) + [0.0, 0.0] + list(w2c)
+        out.append(f"{int(ts)} " + " ".join(f"{v:.9f}" for v in nums))
+    return "\n".join(out) + "\n"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_camera_file(path: str | os.PathLike, traj: CameraTrajectory) -> None:
+    atomic_write_text(path, format_camera_text(traj))

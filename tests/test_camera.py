@@ -1,0 +1,166 @@
+"""Camera conventions: property tests of poses and interpolation, hand-checked intrinsics and Plücker rays."""
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from annotate.camera import (
+    ResizeCrop,
+    c2w_to_w2c,
+    interpolate_poses,
+    intrinsics_to_normalized,
+    intrinsics_to_pixels,
+    invert_rigid,
+    metric_c2w,
+    orthonormality_error,
+    plucker_embedding,
+    quat_to_rotmat,
+    relative_to,
+    rotation_angle,
+    scale_translation,
+    to_4x4,
+    w2c_to_c2w,
+)
+from annotate.re10k import read_camera_file
+
+from .conftest import RE10K_DIR
+
+floats = st.floats(-10, 10, allow_nan=False, width=64)
+
+
+@st.composite
+def poses(draw, n=None):
+    n = n or draw(st.integers(1, 6))
+    q = draw(arrays(np.float64, (n, 4), elements=st.floats(-1, 1, width=64)))
+    q[np.linalg.norm(q, axis=1) < 1e-3] = [1, 0, 0, 0]
+    t = draw(arrays(np.float64, (n, 3), elements=floats))
+    m = np.tile(np.eye(4), (n, 1, 1))
+    m[:, :3, :3] = quat_to_rotmat(q)
+    m[:, :3, 3] = t
+    return m
+
+
+@given(poses())
+def test_c2w_w2c_round_trip(c2w):
+    w2c = c2w_to_w2c(c2w)
+    np.testing.assert_allclose(w2c @ c2w, np.tile(np.eye(4), (len(c2w), 1, 1)), atol=1e-9)
+    np.testing.assert_allclose(w2c_to_c2w(w2c), c2w, atol=1e-9)
+    np.testing.assert_allclose(w2c_to_c2w(w2c[:, :3, :]), c2w, atol=1e-9)
+
+
+@given(poses(), st.data())
+def test_relative_poses(c2w, data):
+    k = data.draw(st.integers(0, len(c2w) - 1))
+    rel = relative_to(c2w, k)
+    np.testing.assert_allclose(rel[k], np.eye(4), atol=1e-9)
+    # Relative poses do not depend on the world frame: moving the world leaves them unchanged.
+    world = data.draw(poses(1))[0]
+    np.testing.assert_allclose(relative_to(world[None] @ c2w, k), rel, atol=1e-7)
+    # c2w[k] @ rel[i] recovers c2w[i].
+    np.testing.assert_allclose(c2w[k][None] @ rel, c2w, atol=1e-7)
+
+
+@given(poses(), st.floats(0.01, 100))
+def test_metric_scaling_touches_translation_only(c2w, s):
+    scaled = scale_translation(c2w, s)
+    np.testing.assert_array_equal(scaled[:, :3, :3], c2w[:, :3, :3])
+    np.testing.assert_allclose(scaled[:, :3, 3], s * c2w[:, :3, 3], rtol=1e-12)
+    # Scaling a world uniformly by 1/s and the translations by s gives back the metric trajectory.
+    shrunk = c2w.copy()
+    shrunk[:, :3, 3] /= s
+    np.testing.assert_allclose(metric_c2w(c2w_to_w2c(shrunk), s), relative_to(c2w, 0), atol=1e-7)
+
+
+def test_real_files_relative_and_metric():
+    traj = read_camera_file(sorted(RE10K_DIR.glob("*.txt"))[0])
+    m = metric_c2w(traj.w2c, 2.0)
+    np.testing.assert_allclose(m[0], np.eye(4), atol=1e-12)
+    rel = relative_to(w2c_to_c2w(traj.w2c), 0)
+    np.testing.assert_allclose(m[:, :3, 3], 2 * rel[:, :3, 3], atol=1e-12)
+    assert orthonormality_error(m[:, :3, :3]).max() < 1e-6
+
+
+def test_intrinsics_pixels_round_trip_and_resize_crop():
+    intr = np.array([0.4748, 0.8441, 0.5, 0.5])
+    px = intrinsics_to_pixels(intr, 640, 360)
+    np.testing.assert_allclose(px, [303.872, 303.876, 320, 180])
+    np.testing.assert_allclose(intrinsics_to_normalized(px, 640, 360), intr)
+    # 640x360 -> 256x256: resize to (256, int(640*256/360)=455), crop left (455-256)//2 = 99.
+    plan = ResizeCrop.plan((360, 640), (256, 256))
+    assert plan.resized_hw == (256, 455) and plan.top == 0 and plan.left == 99
+    np.testing.assert_allclose(plan.intrinsics(intr), [0.4748 * 455, 0.8441 * 256, 128, 128])
+    # Portrait source into landscape target: the width matches, the height is cropped.
+    plan = ResizeCrop.plan((640, 360), (320, 512))
+    assert plan.resized_hw == (int(640 * 512 / 360), 512) and plan.left == 0
+    assert plan.top == (plan.resized_hw[0] - 320) // 2
+
+
+def test_plucker_hand_computed():
+    # Identity camera, f = 2, principal point at the image centre of a 4x4 image.
+    c2w = torch.eye(4)[None]
+    c2w[0, :3, 3] = torch.tensor([1.0, 0, 0])
+    intr = torch.tensor([[2.0, 2.0, 2.0, 2.0]])
+    emb = plucker_embedding(c2w, intr, 4, 4)
+    assert emb.shape == (1, 6, 4, 4)
+    # Pixel (row 1, col 2) has centre (2.5, 1.5): direction (0.25, -0.25, 1) normalised.
+    d = np.array([0.25, -0.25, 1.0]) / np.linalg.norm([0.25, -0.25, 1.0])
+    np.testing.assert_allclose(emb[0, 3:, 1, 2].numpy(), d, atol=1e-6)
+    np.testing.assert_allclose(emb[0, :3, 1, 2].numpy(), np.cross([1.0, 0, 0], d), atol=1e-6)
+    # Rotating the camera rotates the directions; moment stays o x d.
+    rot = torch.tensor(quat_to_rotmat(np.array([np.cos(0.3), 0, np.sin(0.3), 0])), dtype=torch.float32)
+    c2w2 = c2w.clone()
+    c2w2[0, :3, :3] = rot
+    emb2 = plucker_embedding(c2w2, intr, 4, 4)
+    np.testing.assert_allclose(emb2[0, 3:, 1, 2].numpy(), rot.numpy() @ d, atol=1e-6)
+    dirs = emb2[0, 3:].reshape(3, -1).numpy()
+    np.testing.assert_allclose(np.linalg.norm(dirs, axis=0), 1, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(poses(n=4), st.integers(5, 40))
+def test_interpolation_hits_keyframes_and_stays_orthonormal(keys, n):
+    num = 3 * n + 1  # keyframe times land exactly on output samples
+    times = np.array([0, n, 2 * n, 3 * n]) / (3 * n)
+    out = interpolate_poses(keys, num, key_times=times)
+    for i, idx in enumerate([0, n, 2 * n, 3 * n]):
+        np.testing.assert_array_equal(out[idx], to_4x4(keys[i]))
+    assert orthonormality_error(out[:, :3, :3]).max() < 1e-9
+    np.testing.assert_array_equal(out[:, 3], np.tile([0, 0, 0, 1.0], (num, 1)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(poses(n=3))
+def test_interpolation_constant_angular_speed(keys):
+    n = 8
+    out = interpolate_poses(keys, 2 * n + 1)
+    for seg in range(2):
+        block = out[seg * n:(seg + 1) * n + 1]
+        steps = rotation_angle(block[:-1, :3, :3], block[1:, :3, :3])
+        total = rotation_angle(keys[seg, :3, :3], keys[seg + 1, :3, :3])
+        np.testing.assert_allclose(steps, total / n, atol=1e-6)
+        # Camera centres move linearly.
+        centres = block[:, :3, 3]
+        np.testing.assert_allclose(np.diff(centres, axis=0), np.diff(centres, axis=0)[:1].repeat(n, 0), atol=1e-9)
+
+
+def test_interpolation_is_not_matrix_lerp_and_eases():
+    a = np.eye(4)
+    b = np.eye(4)
+    b[:3, :3] = quat_to_rotmat(np.array([np.cos(np.pi / 4), 0, np.sin(np.pi / 4), 0]))  # 90 deg about y
+    mid = interpolate_poses(np.stack([a, b]), 3)[1]
+    np.testing.assert_allclose(rotation_angle(a[:3, :3], mid[:3, :3]), np.pi / 4, atol=1e-12)
+    lerp = 0.5 * (a + b)
+    assert orthonormality_error(lerp[:3, :3]) > 0.1 and orthonormality_error(mid[:3, :3]) < 1e-12
+    eased = interpolate_poses(np.stack([a, b]), 11, ease=True)
+    angles = rotation_angle(a[:3, :3], eased[:, :3, :3])
+    steps = np.diff(angles)
+    assert steps[0] < steps[5] and steps[-1] < steps[5]  # slow in, slow out
+    np.testing.assert_allclose(eased[[0, -1]], np.stack([a, b]), atol=1e-12)
+
+
+def test_invert_rigid_matches_linalg():
+    rng = np.random.default_rng(0)
+    m = to_4x4(np.concatenate([quat_to_rotmat(rng.normal(size=(5, 4))), rng.normal(size=(5, 3, 1))], axis=2))
+    np.testing.assert_allclose(invert_rigid(m), np.linalg.inv(m), atol=1e-12)

@@ -1,0 +1,77 @@
+"""Manifest validation happens before any work: every offending row is listed and OUT is never created."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from annotate.manifest import ManifestError, load, read_manifest, validate, write_manifest
+
+HEADER = "clip_id,split,pose_path,video_path,depth_path\n"
+
+
+def _csv(tmp_path, body: str, header: str = HEADER):
+    p = tmp_path / "m.csv"
+    p.write_text(header + body)
+    return p
+
+
+BAD_BODY = (
+    "good_1,train,a.txt,a.mp4,\n"     # row 1 fine
+    "../x,train,b.txt,b.mp4,\n"       # row 2 unsafe id
+    "a b,train,c.txt,c.mp4,\n"        # row 3 unsafe id
+    "dup,train,d.txt,d.mp4,\n"        # row 4 duplicate (with 6)
+    "empty_split,,e.txt,e.mp4,\n"     # row 5 empty split
+    "dup,test,f.txt,f.mp4,\n"         # row 6 duplicate (with 4)
+    ",train,g.txt,g.mp4,\n"           # row 7 empty id
+)
+
+
+def test_every_offending_row_is_listed(tmp_path):
+    with pytest.raises(ManifestError) as ei:
+        load(_csv(tmp_path, BAD_BODY))
+    probs = ei.value.problems
+    text = "\n".join(probs)
+    assert "row 1 " not in text
+    for row, needle in ((2, "'../x'"), (3, "'a b'"), (4, "duplicate"), (5, "empty split"), (6, "duplicate"),
+                        (7, "empty clip_id")):
+        assert any(p.startswith(f"row {row} ") and needle in p for p in probs), (row, needle, probs)
+    assert len(probs) == 6
+
+
+def test_missing_columns_and_empty_manifest(tmp_path):
+    with pytest.raises(ManifestError, match="missing column.*video_path"):
+        load(_csv(tmp_path, "a,train,a.txt\n", header="clip_id,split,pose_path\n"))
+    with pytest.raises(ManifestError, match="no rows"):
+        load(_csv(tmp_path, ""))
+
+
+def test_depth_path_is_optional_and_parquet_round_trips(tmp_path):
+    rows = [{"clip_id": "c1", "split": "train", "pose_path": "p/c1.txt", "video_path": "v/c1.mp4"}]
+    cols = ("clip_id", "split", "pose_path", "video_path")
+    write_manifest(rows, tmp_path / "m.parquet", columns=cols)
+    got, names = read_manifest(tmp_path / "m.parquet")
+    assert got == rows and names == list(cols)
+    validate(got, names)
+    write_manifest(rows, tmp_path / "m.csv", columns=cols)
+    assert load(tmp_path / "m.csv") == rows
+
+
+def test_run_refuses_to_start_and_writes_nothing(tmp_path):
+    from annotate.job import run
+
+    out = tmp_path / "out"
+    with pytest.raises(ManifestError):
+        run(_csv(tmp_path, BAD_BODY), out)
+    assert not out.exists()
+    # the command line: exit status 2, every row named on stderr, still no OUT
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    p = subprocess.run([sys.executable, "-m", "annotate", "run", str(tmp_path / "m.csv"), str(out)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2, p.stderr
+    for row in (2, 3, 4, 5, 6, 7):
+        assert f"row {row} " in p.stderr
+    assert not out.exists()

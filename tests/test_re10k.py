@@ -1,0 +1,108 @@
+"""RealEstate10K camera files: exact round trip on real files, and a named error for each malformed case."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from annotate.re10k import CameraFileError, format_camera_text, read_camera_file, write_camera_file, youtube_id
+
+from .conftest import RE10K_DIR
+
+REAL = sorted(RE10K_DIR.glob("*.txt"))
+
+
+def test_fixture_files_present():
+    assert len(REAL) == 6
+
+
+@pytest.mark.parametrize("path", REAL, ids=lambda p: p.stem)
+def test_read_write_is_exact(path, tmp_path):
+    traj = read_camera_file(path)
+    assert len(traj) == 16 and traj.w2c.shape == (16, 3, 4) and traj.intrinsics.shape == (16, 4)
+    assert traj.youtube_id and traj.youtube_id in traj.url
+    out = tmp_path / path.name
+    write_camera_file(out, traj)
+    assert out.read_bytes() == path.read_bytes()
+
+
+def _lines(path=REAL[0]):
+    return Path(path).read_text().splitlines()
+
+
+def _write(tmp_path, lines, name="bad.txt"):
+    p = tmp_path / name
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def _replace_field(line, col, value):
+    f = line.split()
+    f[col] = value
+    return " ".join(f)
+
+
+@pytest.mark.parametrize("case,line_no,message", [
+    ("columns", 3, "expected 19 columns, found 18"),
+    ("non_numeric", 4, "column 9 'abc' is not a number"),
+    ("non_finite", 5, "column 12 is not finite"),
+    ("not_orthonormal", 6, "rotation is not orthonormal"),
+    ("timestamps", 7, "does not increase"),
+])
+def test_malformed_lines_name_file_and_line(tmp_path, case, line_no, message):
+    lines = _lines()
+    i = line_no - 1
+    if case == "columns":
+        lines[i] = " ".join(lines[i].split()[:-1])
+    elif case == "non_numeric":
+        lines[i] = _replace_field(lines[i], 8, "abc")
+    elif case == "non_finite":
+        lines[i] = _replace_field(lines[i], 11, "nan")
+    elif case == "not_orthonormal":
+        lines[i] = _replace_field(lines[i], 7, "0.5")
+    elif case == "timestamps":
+        lines[i] = _replace_field(lines[i], 0, lines[i - 1].split()[0])
+    p = _write(tmp_path, lines)
+    with pytest.raises(CameraFileError) as e:
+        read_camera_file(p)
+    assert str(e.value).startswith(f"{p}:{line_no}: ")
+    assert message in str(e.value)
+    assert e.value.line == line_no
+
+
+def test_rotation_tolerance_is_configurable(tmp_path):
+    lines = _lines()
+    lines[1] = _replace_field(lines[1], 7, f"{float(lines[1].split()[7]) + 2e-3:.9f}")
+    p = _write(tmp_path, lines)
+    with pytest.raises(CameraFileError, match="not orthonormal"):
+        read_camera_file(p)
+    assert len(read_camera_file(p, rotation_tol=1e-2)) == 16
+
+
+@pytest.mark.parametrize("content", ["", "https://www.youtube.com/watch?v=abc\n", "\n\n"])
+def test_empty_file(tmp_path, content):
+    p = tmp_path / "empty.txt"
+    p.write_text(content)
+    with pytest.raises(CameraFileError, match="empty file") as e:
+        read_camera_file(p)
+    assert str(p) in str(e.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CameraFileError, match="cannot read"):
+        read_camera_file(tmp_path / "nope.txt")
+
+
+def test_values_parsed_in_contract_order():
+    traj = read_camera_file(REAL[0])
+    first = [float(x) for x in _lines()[1].split()]
+    assert traj.timestamps_us[0] == int(first[0])
+    np.testing.assert_array_equal(traj.intrinsics[0], first[1:5])
+    np.testing.assert_array_equal(traj.w2c[0].reshape(-1), first[7:])
+    assert format_camera_text(traj) == REAL[0].read_text()
+
+
+@pytest.mark.parametrize("url,vid", [("https://www.youtube.com/watch?v=QShWPZxTDoE", "QShWPZxTDoE"),
+                                     ("https://youtu.be/-aldZQifF2U", "-aldZQifF2U"), ("not a url", "")])
+def test_youtube_id(url, vid):
+    assert youtube_id(url) == vid

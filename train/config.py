@@ -1,0 +1,130 @@
+"""Typed trainer config (``python -m train --config train/configs/X.yaml key=value ...``).
+
+Loaded with :mod:`annotate.config` (YAML preset, then dotted overrides; an unknown key is an error naming it).
+The backbone's own config lives in ``train/dynamicrafter/config.py``; ``model.preset`` selects it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from annotate.config import ConfigError, load_config
+
+SCALE_SOURCES = ("condition_frame", "clip", "relative")
+CAMERA_KINDS = ("realcam", "cami2v", "cameractrl", "motionctrl")
+
+
+@dataclass
+class DataConfig:
+    annotation_dir: str = "outputs/sample_annotation"  # annotation job output (clips/*.parquet)
+    manifest: str = "data/sample/manifest.csv"  # the job's input manifest: clip_id -> video_path
+    split: str = "train"
+    val_split: str = "test"
+    captions: str = ""  # CSV (clip_id,caption) or JSON {clip_id or clip_id.mp4: caption | [caption]}; "" = empty
+    frames: int = 16
+    height: int = 256
+    width: int = 256
+    stride_range: tuple[int, int] = (1, 10)  # training stride, uniform int; reduced for short clips
+    val_stride: int = 8
+    rand_cond_frame: bool = True  # training only; validation always uses frame 0
+    scale_source: str = "condition_frame"  # condition_frame | clip | relative (see train/data.py)
+    num_workers: int = 2
+    max_skips: int = 16  # unreadable videos tried in a row before a sample raises
+    val_max_clips: int = 256
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "256"  # train/dynamicrafter preset name or yaml path
+    checkpoint: str = ""  # official model.ckpt (or converted folder); "" = random weights (tests / tiny)
+    tokenizer: str = ""  # CLIP tokenizer folder (vocab.json, merges.txt); "" with tiny = byte-level tiny one
+    gradient_checkpointing: bool = True
+    fs_type: str = "fs"  # fs: frame stride as the fs embedding (256); fps: fps_ori // stride (512)
+
+
+@dataclass
+class CameraConfig:
+    kind: str = "realcam"  # realcam | cami2v | cameractrl | motionctrl
+    num_register_tokens: int = 4
+    encoder_heads: int = 8
+    encoder_res_blocks: int = 2
+    encoder_max_len: int = 16  # sinusoidal temporal position encoding length
+    epipolar_levels: list[int] | None = None  # feature levels with an epipolar mask (None = all); others: full
+    epipolar_self: str = "full"  # full: a frame attends to itself fully; perturbed: reference's 1e-6 noise
+    motionctrl_hidden: int = 0  # MotionCtrl MLP width (0 = block width)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    max_grad_norm: float = 0.5
+    gradient_accumulation_steps: int = 1
+    uncond_prob: float = 0.05  # CFG dropout unit (text-only, both, image-only: 5% each)
+
+
+@dataclass
+class ValidationConfig:
+    every: int = 2000  # optimizer steps; 0 = never
+    num_samples: int = 4
+    steps: int = 25
+    spacing: str = "uniform_trailing"
+    eta: float = 1.0
+    cfg_scale: float = 7.5
+    guidance_rescale: float = 0.7
+    loss_batches: int = 2  # fixed-seed validation loss on this many batches (0 = off)
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/realcam"
+    max_steps: int = 50000
+    batch_size: int = 1  # per process
+    seed: int = 20230211
+    mixed_precision: str = "fp16"  # no | fp16 | bf16
+    deepspeed: str = ""  # DeepSpeed json (ZeRO-1); "" = plain DDP unless accelerate launch configured DeepSpeed
+    checkpoint_every: int = 2000
+    checkpoints_total_limit: int = 0  # 0 = keep all
+    log_every: int = 1
+    tensorboard: bool = True
+    wandb: bool = False
+    progress: bool = True
+    cache_dir: str = ""  # VAE/CLIP cache folder ("" = off), see train/cache.py
+    cache_epochs: int = 0  # precompute the cache for this many epochs before training
+    log_clip_ids: bool = False  # metrics: clip ids per rank (tests of data sharding)
+    allow_tf32: bool = True
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    resume: str = "auto"  # auto: newest complete checkpoint in output_dir; none: start afresh; or a folder
+    overwrite: bool = False  # with resume=none: allow a non-empty output_dir (its contents are removed)
+
+
+def check(cfg: TrainConfig) -> TrainConfig:
+    if cfg.camera.kind not in CAMERA_KINDS:
+        raise ConfigError(f"camera.kind must be one of {CAMERA_KINDS}, got {cfg.camera.kind!r}")
+    if cfg.data.scale_source not in SCALE_SOURCES:
+        raise ConfigError(f"data.scale_source must be one of {SCALE_SOURCES}, got {cfg.data.scale_source!r}")
+    if cfg.run.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ConfigError(f"run.mixed_precision must be no, fp16 or bf16, got {cfg.run.mixed_precision!r}")
+    if cfg.data.height % 8 or cfg.data.width % 8:
+        raise ConfigError("data.height and data.width must be multiples of 8")
+    lo, hi = cfg.data.stride_range
+    if not 1 <= lo <= hi:
+        raise ConfigError(f"data.stride_range must satisfy 1 <= lo <= hi, got {cfg.data.stride_range}")
+    if cfg.camera.epipolar_self not in ("full", "perturbed"):
+        raise ConfigError("camera.epipolar_self must be full or perturbed")
+    return cfg
+
+
+def load_train_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
+    return check(load_config(TrainConfig, path, overrides))
