@@ -22,7 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     job.add_arguments(sub.add_parser("run", help="annotate a clip manifest with Ray (resumable)"))
     report.add_arguments(sub.add_parser("report", help="counts, failure reasons and plots of an output folder"))
     sub.add_parser("synth", help="synthetic clips with ground truth (see python -m annotate synth -h)")
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
+    if args.cmd == "run":  # key=value overrides may also come after the options
+        args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
+        extra = [e for e in extra if e not in args.overrides]
+    if extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.cmd == "index":
         return index.run_from_args(args)
     if args.cmd == "run":

@@ -30,7 +30,7 @@ from annotate.depth import PrecomputedDepth, depth_at_keypoints
 from annotate.re10k import read_camera_file
 from annotate.scale import clip_statistics, frame_scales, point_ratios
 from annotate.synth import SynthConfig, generate, load_ground_truth, read_manifest_rows
-from annotate.triangulate import SfmConfig, sfm_size, triangulate
+from annotate.triangulate import SfmConfig, triangulate
 from annotate.video import read_frames
 
 
@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
               "pycolmap": pycolmap.__version__}
     ours = run_ours(row, SfmConfig())
     result["ours_default"] = ours
-    print(f"ours (default): {ours['total_s']:.1f} s, scale error {ours['scale_error']:.4%}, {ours['num_points']} points")
+    print(f"ours (default): {ours['total_s']:.1f} s, scale error {ours['scale_error']:.4%}, "
+          f"{ours['num_points']} points")
     if shutil.which(a.colmap):
         ref = run_colmap_cli(row, a.colmap)
         result["colmap_cli"] = ref

@@ -101,8 +101,12 @@ class DepthAnythingPredictor:
 
     def __init__(self, cfg: DepthConfig):
         import torch
+        import transformers
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
+        if not log.isEnabledFor(logging.DEBUG):  # quiet logging: no weight-loading bars or backend notes
+            transformers.utils.logging.set_verbosity_error()
+            transformers.utils.logging.disable_progress_bar()
         self.cfg = cfg
         local = cfg.local_files_only or os.environ.get("HF_HUB_OFFLINE") == "1" or Path(cfg.model).is_dir()
         device = cfg.device

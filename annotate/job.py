@@ -34,7 +34,8 @@ from pathlib import Path
 from annotate import output
 from annotate.clip import ClipConfig, DepthStage, _base_record, failed, finish_stage, resolve_paths, triangulate_stage
 from annotate.config import ConfigError, load_config, to_dict
-from annotate.manifest import ManifestError, load as load_manifest
+from annotate.manifest import ManifestError
+from annotate.manifest import load as load_manifest
 
 log = logging.getLogger("realcam")
 
@@ -78,10 +79,13 @@ class JobError(RuntimeError):
 def triangulate_udf(row: dict, cfg: ClipConfig, crash_ids: tuple[str, ...] = ()) -> dict:
     if row["clip_id"] in crash_ids:
         os._exit(1)  # simulate a hard worker crash (segfault, OOM kill)
+    c0 = time.process_time()  # CPU seconds of this worker (all its threads): a load-independent cost
     try:
-        return triangulate_stage(row, cfg)
+        rec = triangulate_stage(row, cfg)
     except BaseException as e:  # noqa: BLE001 - triangulate_stage catches clip errors; this is a last guard
-        return failed({**row, "status": "ok", "error": ""}, f"triangulation error: {e.__class__.__name__}: {e}")
+        rec = failed(_base_record(row), f"triangulation error: {e.__class__.__name__}: {e}")
+    rec["cpu_seconds"] = time.process_time() - c0
+    return rec
 
 
 class DepthUDF:
@@ -99,17 +103,22 @@ class DepthUDF:
 
             torch.set_num_threads(self.threads)  # stay within the actor's CPU share
             self._torch_ready = True
+        c0 = time.process_time()
         try:
-            return self.stage(rec)
+            rec = self.stage(rec)
         except BaseException as e:  # noqa: BLE001
-            return failed(rec, f"depth error: {e.__class__.__name__}: {e}")
+            rec = failed(rec, f"depth error: {e.__class__.__name__}: {e}")
+        rec["cpu_seconds"] = float(rec.get("cpu_seconds", 0.0)) + time.process_time() - c0
+        return rec
 
 
 def finish_udf(rec: dict, cfg: ClipConfig) -> dict:
     try:
-        return finish_stage(dict(rec), cfg)
+        out = finish_stage(dict(rec), cfg)
     except BaseException as e:  # noqa: BLE001
-        return finish_stage(failed(dict(rec), f"scale error: {e.__class__.__name__}: {e}"), cfg)
+        out = finish_stage(failed(dict(rec), f"scale error: {e.__class__.__name__}: {e}"), cfg)
+    out["cpu_seconds"] = float(rec.get("cpu_seconds", 0.0))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -201,8 +210,8 @@ class Progress:
         self.bar = None
         if enabled and total:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, \
-                TimeElapsedColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
 
             self.bar = RichProgress(TextColumn("annotating"), BarColumn(), MofNCompleteColumn(),
                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
@@ -395,7 +404,11 @@ def setup_logging(verbose: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m annotate run", description=__doc__.split("\n\n")[0])
     add_arguments(p)
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
+    args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]  # overrides after options
+    extra = [e for e in extra if e not in args.overrides]
+    if extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
     return run_from_args(args)
 
 

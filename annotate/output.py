@@ -42,12 +42,14 @@ SCHEMA = pa.schema([
     ("num_points", pa.int32()), ("reprojection_error", pa.float32()),
     ("status", pa.string()), ("error", pa.string()), ("keep", pa.bool_()), ("filter_reason", pa.string()),
     ("seconds", pa.float32()),  # extra: worker wall time of the clip (triangulation + depth)
+    ("cpu_seconds", pa.float32()),  # extra: worker CPU time of the clip (triangulation + depth)
 ])
 _STR = ("clip_id", "split", "youtube_id", "status", "error")
 _NESTED = {"intrinsics": 4, "w2c": 12, "c2w_metric": 16}
 _FLAT = {"timestamps_us": np.int64, "frame_scale": np.float32, "frame_num_points": np.int32}
 _SCALAR = {"num_frames": np.int32, "scale": np.float32, "scale_min": np.float32, "scale_max": np.float32,
-           "num_points": np.int32, "reprojection_error": np.float32, "seconds": np.float32}
+           "num_points": np.int32, "reprojection_error": np.float32, "seconds": np.float32,
+           "cpu_seconds": np.float32}
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -267,6 +269,9 @@ def finalize(out: str | os.PathLike, quantile: float, meta: dict | None = None, 
         ids = old.column("clip_id").to_pylist()
         mask = np.array([win[c][:2] == (n, i) for i, c in enumerate(ids)], bool)
         t = old.filter(pa.array(mask))
+        for f in SCHEMA:  # shards of an older version may lack an extra column
+            if f.name not in t.column_names:
+                t = t.append_column(f, pa.nulls(t.num_rows, f.type))
         if t.num_rows == 0:
             path.unlink()  # every row superseded by a later shard
             log.info("removed %s (all rows superseded)", path)
@@ -324,7 +329,7 @@ def _savez_dict(tmp: Path, d: dict) -> None:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def read_manifest_json(out: str | os.PathLike) -> dict:

@@ -81,7 +81,8 @@ def parse_camera_text(text: str, path: str | os.PathLike = "<string>",
         w2c = np.array(vals[6:], np.float64).reshape(3, 4)
         err = float(orthonormality_error(w2c[:, :3]))
         if err > rotation_tol:
-            raise CameraFileError(path, n, f"rotation is not orthonormal (error {err:.3g} > tolerance {rotation_tol:g})")
+            raise CameraFileError(path, n, f"rotation is not orthonormal (error {err:.3g} > tolerance "
+                                           f"{rotation_tol:g})")
         if stamps and stamp <= stamps[-1]:
             raise CameraFileError(path, n, f"timestamp {stamp} does not increase (previous {stamps[-1]})")
         stamps.append(stamp)

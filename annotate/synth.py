@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from annotate.camera import c2w_to_w2c, interpolate_poses, invert_rigid, relative_to, to_4x4, w2c_to_c2w
+from annotate.camera import c2w_to_w2c, interpolate_poses, relative_to, to_4x4, w2c_to_c2w
 from annotate.re10k import CameraTrajectory, atomic_write_text, read_camera_file, write_camera_file
 from annotate.video import write_video
 
@@ -126,8 +126,8 @@ def _value_noise(p: np.ndarray, perm: np.ndarray) -> np.ndarray:
         for dy in (0, 1):
             for dz in (0, 1):
                 h = perm[perm[perm[i[:, 0] + dx] + i[:, 1] + dy] + i[:, 2] + dz]
-                w = (f[:, 0] if dx else 1 - f[:, 0]) * (f[:, 1] if dy else 1 - f[:, 1]) * (f[:, 2] if dz else 1 - f[:, 2])
-                out += w * h / 255.0
+                wx, wy, wz = (f[:, k] if d else 1 - f[:, k] for k, d in enumerate((dx, dy, dz)))
+                out += wx * wy * wz * h / 255.0
     return out
 
 
@@ -158,8 +158,9 @@ def render(room: Room, c2w: np.ndarray, intr_px: np.ndarray, width: int, height:
 # ----------------------------------------------------------------------------------------- trajectories
 
 
-def look_rotation(forward: np.ndarray, down: np.ndarray = np.array([0.0, 1.0, 0.0])) -> np.ndarray:
+def look_rotation(forward: np.ndarray, down: tuple[float, float, float] = (0.0, 1.0, 0.0)) -> np.ndarray:
     """c2w rotation whose camera z looks along ``forward`` with camera y as close to world ``down``."""
+    down = np.asarray(down, np.float64)
     z = forward / np.linalg.norm(forward)
     x = np.cross(down, z)
     x /= np.linalg.norm(x)

@@ -107,8 +107,8 @@ def triangulate(frames: np.ndarray, intrinsics: np.ndarray, w2c: np.ndarray, cfg
             ext.max_image_size = max(sh, sw)
             ext.num_threads = cfg.num_threads
             ext.sift.max_num_features = cfg.max_features
-            pycolmap.extract_features(db_path, img_dir, image_names=names,
-                                      camera_mode=pycolmap.CameraMode.SINGLE if single else pycolmap.CameraMode.PER_IMAGE,
+            mode = pycolmap.CameraMode.SINGLE if single else pycolmap.CameraMode.PER_IMAGE
+            pycolmap.extract_features(db_path, img_dir, image_names=names, camera_mode=mode,
                                       reader_options=reader, extraction_options=ext, device=pycolmap.Device.cpu)
             timings["extract"] = time.perf_counter() - t0
 

@@ -191,7 +191,8 @@ def load_i3d(path: str | os.PathLike, device: str | torch.device = "cpu", num_cl
     return model.eval().to(device)
 
 
-def load_styleganv_i3d(path: str | os.PathLike, device: str | torch.device = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
+def load_styleganv_i3d(path: str | os.PathLike,
+                       device: str | torch.device = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
     """The StyleGAN-V TorchScript I3D, returned as ``f(x) = model(x, rescale=False, resize=True,
     return_features=True)`` for ``x`` ``[B, 3, T, H, W]`` in [-1, 1]."""
     path = Path(path)

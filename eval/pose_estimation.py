@@ -261,7 +261,8 @@ class VideoPoseEstimator:
         extraction.sift.estimate_affine_shape = cfg.estimate_affine_shape
         extraction.sift.domain_size_pooling = cfg.domain_size_pooling
         with quiet_colmap(cfg.colmap_min_log_level):
-            pycolmap.extract_features(db, self.image_dir, image_names=self.names, camera_mode=pycolmap.CameraMode.SINGLE,
+            pycolmap.extract_features(db, self.image_dir, image_names=self.names,
+                                      camera_mode=pycolmap.CameraMode.SINGLE,
                                       reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
         self._extracted_db = db
         self.extract_seconds = time.perf_counter() - t0

@@ -175,7 +175,8 @@ def evaluate_clip(clip: ClipPaths, cfg: EvalRunConfig, depth: DepthSource | None
             try:
                 eg = est_g.run(seed)
             except PoseEstimationError as e:
-                rows.append(_trial_row(clip.name, k, seed, "failed", f"gt_video: {e}", seconds=time.perf_counter() - t1))
+                rows.append(_trial_row(clip.name, k, seed, "failed", f"gt_video: {e}",
+                                       seconds=time.perf_counter() - t1))
                 continue
             if depth is not None:
                 m = camera_metrics(es.c2w, gt_c2w, es.metric_scale, eg.metric_scale, es.c2w, eg.c2w).as_dict()

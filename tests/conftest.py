@@ -126,3 +126,35 @@ def annotated_sample(annot_manifest, tmp_path_factory) -> Path:
     cfg.ray.object_store_mb = 256
     run(annot_manifest, out, cfg)
     return out
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+# (issue 6) Tiny annotated clips for tests/test_train_*.py: rendered, annotated per clip in-process
+# (annotate.clip.annotate_clip with the exact depth), written as one contract shard with keep=True for ok rows.
+
+
+@pytest.fixture(scope="session")
+def train_annotations(tmp_path_factory) -> dict:
+    """{"manifest": path, "annotation_dir": path}: six 16-frame 96x64 clips (4 train, 2 test)."""
+    import csv
+
+    import pyarrow as pa
+
+    from annotate.clip import annotate_clip, resolve_paths
+    from annotate.output import rows_to_table, write_shard
+    from annotate.synth import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("train_clips")
+    sample = root / "sample"
+    generate(SynthConfig(out=str(sample), clips=6, frames=16, width=96, height=64, seed=3, test_every=3,
+                         trajectories=["walk", "pan", "orbit", "zoom", "re10k"], workers=2))
+    manifest = sample / "manifest.csv"
+    rows = [annotate_clip(resolve_paths(r, sample)) for r in csv.DictReader(open(manifest))]
+    table = rows_to_table(rows)
+    ok = [r["status"] == "ok" for r in rows]
+    table = table.set_column(table.schema.get_field_index("keep"), "keep", pa.array(ok, pa.bool_()))
+    table = table.set_column(table.schema.get_field_index("filter_reason"), "filter_reason",
+                             pa.array(["" if k else "failed" for k in ok], pa.string()))
+    out = root / "annotation"
+    write_shard(out, 0, table)
+    return {"manifest": manifest, "annotation_dir": out, "rows": rows}

@@ -138,7 +138,8 @@ def test_preprocess_videogpt_and_styleganv():
     # 96x160 -> 128 x ceil(213.33) = 214, centre crop columns 43..170 of the resized frame.
     assert y.shape == (2, 3, 3, 128, 128)
     boundary = 107 - 43  # white/black edge at column 107 of the 214-wide frame
-    assert torch.allclose(y[..., : boundary - 2], torch.ones(())) and torch.allclose(y[..., boundary + 2:], -torch.ones(()))
+    assert torch.allclose(y[..., : boundary - 2], torch.ones(()))
+    assert torch.allclose(y[..., boundary + 2:], -torch.ones(()))
     tall = preprocess_styleganv(np.zeros((1, 2, 200, 100, 3), np.uint8))
     assert tall.shape == (1, 3, 2, 128, 128)
 

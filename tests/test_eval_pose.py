@@ -3,6 +3,8 @@ trajectory, with exact depth. About 15 s on one core."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -123,3 +125,16 @@ def test_trials_with_depth_predictor_object_and_failures(clip):
         estimate_poses(noise, [50.0, 50.0, 32.0, 32.0], FAST)
     with pytest.raises(ValueError, match="uint8"):
         estimate_poses(noise.astype(np.float32), [50.0, 50.0, 32.0, 32.0], FAST)
+
+
+def test_unregistered_frames_fail_the_trial_or_are_reported(clip):
+    noise = np.random.default_rng(5).integers(0, 256, size=(3, HEIGHT, WIDTH, 3), dtype=np.uint8)
+    frames = np.concatenate([clip["frames"][:8], noise])
+    with VideoPoseEstimator(frames, clip["intr"], FAST) as est:
+        with pytest.raises(PoseEstimationError, match=r"3 of 11 frames not registered.*\[8, 9, 10\]"):
+            est.run(0)
+        est.config = replace(FAST, allow_unregistered=True)
+        e = est.run(0)
+    assert e.missing_frames == [8, 9, 10] and e.registered[:8].all()
+    assert np.isnan(e.c2w[8:]).all() and np.isfinite(e.c2w[:8]).all()
+    assert relative_metrics(e.c2w[:8], clip["cam"].c2w[:8])["RotErr"] < 0.08

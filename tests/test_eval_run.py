@@ -7,14 +7,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from annotate.camera import c2w_to_w2c, relative_to
+from annotate.camera import c2w_to_w2c
 from annotate.synth import Room, make_trajectory, render
 from annotate.video import write_video
 from eval.cli import main
@@ -108,7 +107,7 @@ def test_run_metrics_success_rate_and_files(exp, api_run):
     assert saved["config"]["num_trials"] == 2 and set(METRIC_NAMES) <= set(saved)
 
 
-def test_cli_run_estimate_and_report(exp, api_run, tmp_path, capsys):
+def test_cli_run_estimate_and_report(exp, api_run, tmp_path, capsys, tiny_depth_model):
     out_cli = tmp_path / "cli_results"
     # No depth source: absolute metrics are not computed (null in JSON), relative ones are.
     rc = main(["run", str(exp["root"]), "--out", str(out_cli), "--trials", "1", "--no-affine", "--limit", "1",
@@ -118,11 +117,14 @@ def test_cli_run_estimate_and_report(exp, api_run, tmp_path, capsys):
     assert summary["num_videos"] == 1 and summary["success_rate"] == 1.0
     assert summary["RotErr"] < 0.08 and summary["TransErr_abs"] is None and "absolute" in summary["note"]
 
+    # One video; metric scale from a Depth Anything V2 model (tiny, random weights: any positive scale).
     rc = main(["estimate-poses", str(exp["root"] / "samples" / "b_drift.mp4"),
-               str(exp["root"] / "camera_data" / "b_drift.txt"), "--trials", "1", "--no-affine"])
+               str(exp["root"] / "camera_data" / "b_drift.txt"), "--trials", "1", "--no-affine",
+               "--depth-model", str(tiny_depth_model), "--depth-device", "cpu"])
     assert rc == 0
     (trial,) = json.loads(capsys.readouterr().out)
     assert trial["ok"] and trial["RotErr"] == pytest.approx(YAW_STEP * N * (N - 1) / 2, abs=0.1)
+    assert trial["metric_scale"] > 0 and trial["missing_frames"] == []
 
     report = tmp_path / "report"
     rc = main(["report", str(api_run[0]), str(out_cli), "--out", str(report), "--names", "drift-test", "no-depth"])
@@ -148,3 +150,20 @@ def test_report_python_api_without_plots(api_run, tmp_path):
     assert res["plots"] == [] and res["rows"][0]["num_clips"] == 3
     with pytest.raises(FileNotFoundError, match="summary.json"):
         write_report(ReportConfig(results=[str(tmp_path / "nothing")], out_dir=str(tmp_path)))
+
+
+def test_cli_run_fvd_only(exp, tmp_path, capsys):
+    import torch
+
+    from tests.test_eval_fvd import TinyDetector
+
+    torch.manual_seed(0)
+    detector = tmp_path / "i3d_torchscript.pt"
+    torch.jit.script(TinyDetector().eval()).save(str(detector))
+    out = tmp_path / "fvd_results"
+    assert main(["run", str(exp["root"]), "--out", str(out), "--fvd-only", "--styleganv-i3d", str(detector),
+                 "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    # Pairs of (gt_video, sample): the clip without a sample takes no part.
+    assert summary["fvd_num_videos"] == 2 and summary["FVD_styleganv"] > 0 and "FVD_videogpt" not in summary
+    assert "RotErr" not in summary and json.loads((out / "summary.json").read_text())["FVD_styleganv"] > 0

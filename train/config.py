@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from annotate.config import ConfigError, load_config
+from pathlib import Path
+
+import yaml
+
+from annotate.config import ConfigError, apply_overrides, from_dict
 
 SCALE_SOURCES = ("condition_frame", "clip", "relative")
 CAMERA_KINDS = ("realcam", "cami2v", "cameractrl", "motionctrl")
@@ -95,6 +99,7 @@ class RunConfig:
     cache_epochs: int = 0  # precompute the cache for this many epochs before training
     log_clip_ids: bool = False  # metrics: clip ids per rank (tests of data sharding)
     allow_tf32: bool = True
+    cpu_threads: int = 0  # torch threads per process on the CPU (0 = torch default; 1 avoids oversubscription)
 
 
 @dataclass
@@ -127,4 +132,12 @@ def check(cfg: TrainConfig) -> TrainConfig:
 
 
 def load_train_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
-    return check(load_config(TrainConfig, path, overrides))
+    """Preset (or a run's config.yaml, whose informational ``meta`` block is ignored), then overrides."""
+    data = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from None
+        data.pop("meta", None)
+    return check(apply_overrides(from_dict(TrainConfig, data), list(overrides or [])))

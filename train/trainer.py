@@ -1,0 +1,518 @@
+"""Camera-controlled image-to-video training (RealCam-I2V, CamI2V, CameraCtrl, MotionCtrl) with Accelerate.
+
+One Accelerate loop in the style of the diffusers training examples. The DynamiCrafter backbone is frozen
+(requires_grad False; its Dropout modules in eval mode); only the camera plug-in trains (AdamW, no scheduler).
+Run folder and command line: see docs/training-contract.md. Randomness of a step (VAE posterior sample, CFG
+dropout, timesteps, noise) comes from a generator seeded by (seed, rank, micro-step), data randomness from
+(seed, epoch, index), and the checkpoint stores the sampler position, the micro-step and Accelerate's RNG states,
+so a resumed run reproduces the uninterrupted one exactly.
+
+metrics.jsonl is appended: after a resume the steps after the checkpoint are logged again (a
+``{"event": "resume", "step": N}`` line marks it); readers keep the last line of each step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from annotate.config import ConfigError, dump_yaml
+
+from .camera import CameraControlledUNet, CameraPlugin, count_parameters
+from .config import TrainConfig
+from .data import CameraVideoDataset, ResumableSampler, collate
+
+log = logging.getLogger("realcam.train")
+
+CKPT_RE = re.compile(r"^step-(\d{7})$")
+STATE_FILE = "trainer_state.json"
+PLUGIN_FILE = "plugin.safetensors"
+
+
+# ------------------------------------------------------------------------------------------------ run folder
+
+
+def find_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """Newest complete checkpoint (final name + trainer state); temp folders never match."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = [p for p in root.iterdir() if CKPT_RE.match(p.name) and (p / STATE_FILE).exists()]
+    return max(done, key=lambda p: int(CKPT_RE.match(p.name)[1]), default=None)
+
+
+def resolve_resume(cfg: TrainConfig) -> Path | None:
+    """Which checkpoint to load; raises for resume=none on a non-empty folder without overwrite."""
+    out = Path(cfg.run.output_dir)
+    if cfg.resume == "none":
+        if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+            raise ConfigError(f"run.output_dir {out} is not empty; resume=none refuses to overwrite it "
+                              "(pass overwrite=true, or resume=auto to continue it)")
+        return None
+    if cfg.resume == "auto":
+        return find_checkpoint(out)
+    path = Path(cfg.resume)
+    if not (path / STATE_FILE).exists():
+        raise ConfigError(f"resume={path}: not a complete checkpoint (no {STATE_FILE})")
+    return path
+
+
+def versions() -> dict:
+    import accelerate
+    import diffusers
+    import transformers
+
+    out = {"torch": str(torch.__version__), "accelerate": accelerate.__version__, "diffusers": diffusers.__version__,
+           "transformers": transformers.__version__}
+    try:
+        from importlib.metadata import version
+
+        out["realcam"] = version("realcam")
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        import deepspeed
+
+        out["deepspeed"] = deepspeed.__version__
+    except Exception:  # noqa: BLE001
+        pass
+    return out
+
+
+def step_seed(seed: int, rank: int, micro_step: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, micro_step]).generate_state(1, np.uint64)[0] % (2**63))
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+def build_backbone(cfg: TrainConfig, scratch: Path):
+    from .dynamicrafter import config as dcfg
+    from .dynamicrafter.conditioning import Tokenizer
+    from .dynamicrafter.model import DynamiCrafter, load_dynamicrafter
+    from .dynamicrafter.tiny import build_tiny_model
+
+    mcfg = dcfg.load_config(cfg.model.preset)
+    mcfg.unet.use_checkpoint = cfg.model.gradient_checkpointing
+    if cfg.model.checkpoint:
+        tok = Tokenizer(cfg.model.tokenizer, mcfg.text_encoder.context_length) if cfg.model.tokenizer else None
+        return load_dynamicrafter(cfg.model.checkpoint, config=mcfg, tokenizer=tok)
+    if mcfg.name.endswith("tiny") and not cfg.model.tokenizer:
+        return build_tiny_model(scratch / "tokenizer", seed=cfg.run.seed % (2**31), config=mcfg)
+    log.warning("model.checkpoint is empty: random backbone weights")
+    if cfg.model.tokenizer:
+        mcfg.text_encoder.tokenizer_path = cfg.model.tokenizer
+    return DynamiCrafter(mcfg).eval()
+
+
+def freeze(backbone: torch.nn.Module) -> None:
+    backbone.requires_grad_(False)
+    backbone.eval()
+
+
+def dropout_off(module: torch.nn.Module) -> None:
+    """Frozen backbone: no dropout, but keep `training` on the blocks so gradient checkpointing stays active."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.eval()
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        from accelerate import Accelerator
+        from accelerate.utils import DeepSpeedPlugin, ProjectConfiguration, set_seed
+
+        self.cfg = cfg
+        self.out = Path(cfg.run.output_dir)
+        resume_from = resolve_resume(cfg)  # every rank checks before anyone writes
+        ga = cfg.optim.gradient_accumulation_steps
+        ds_plugin = None
+        if cfg.run.deepspeed and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+            ds_plugin = DeepSpeedPlugin(hf_ds_config=cfg.run.deepspeed, gradient_accumulation_steps=ga,
+                                        gradient_clipping=cfg.optim.max_grad_norm)
+        trackers = []
+        if cfg.run.tensorboard:
+            trackers.append("tensorboard")
+        if cfg.run.wandb:
+            try:
+                import wandb  # noqa: F401
+
+                trackers.append("wandb")
+            except ImportError:
+                log.warning("run.wandb=true but wandb is not installed: not logging to wandb")
+        self.accelerator = acc = Accelerator(
+            gradient_accumulation_steps=ga, mixed_precision=cfg.run.mixed_precision, log_with=trackers or None,
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tensorboard")),
+            deepspeed_plugin=ds_plugin)
+        self.is_ds = acc.state.deepspeed_plugin is not None
+        logging.basicConfig(level=logging.INFO if acc.is_main_process else logging.WARNING,
+                            format=f"%(asctime)s [rank {acc.process_index}] %(name)s: %(message)s", force=True)
+        if acc.is_main_process:
+            if resume_from is None and cfg.resume == "none" and self.out.exists():
+                shutil.rmtree(self.out)  # overwrite=true (checked above)
+            self.out.mkdir(parents=True, exist_ok=True)
+            meta = {"meta": {"versions": versions(), "world_size": acc.num_processes, "deepspeed": self.is_ds}}
+            (self.out / "config.yaml").write_text(dump_yaml(cfg) + yaml.safe_dump(meta, sort_keys=False))
+        acc.wait_for_everyone()
+        if cfg.run.allow_tf32 and torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if cfg.run.cpu_threads and acc.device.type == "cpu":
+            torch.set_num_threads(cfg.run.cpu_threads)
+        set_seed(cfg.run.seed + acc.process_index)  # reference: seed + rank
+        self.resume_from = resume_from
+
+        # ---- model: frozen backbone, trainable plug-in
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.run.mixed_precision, torch.float32)
+        scratch = self.out / ".scratch" / f"rank{acc.process_index}"
+        self.backbone = build_backbone(cfg, scratch)
+        freeze(self.backbone)
+        self.plugin = CameraPlugin(self.backbone.unet, cfg.camera)
+        self.model = CameraControlledUNet(self.backbone.unet, self.plugin)
+        trainable, frozen = count_parameters(self.model)
+        enc_frozen = sum(p.numel() for n, p in self.backbone.named_parameters() if not n.startswith("unet."))
+        acc.print(f"camera plug-in {cfg.camera.kind}: trainable {trainable:,} parameters; frozen {frozen:,} (UNet) "
+                  f"+ {enc_frozen:,} (VAE, CLIP, Resampler)")
+        self.params = [p for p in self.plugin.parameters() if p.requires_grad]
+        # Frozen parts in the compute dtype (diffusers examples); the plug-in stays fp32 (AMP master weights).
+        self.backbone.to(acc.device, dtype=self.weight_dtype)
+        self.backbone.schedule.float()
+        self.plugin.to(acc.device)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                           weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps)
+
+        # ---- data: our own rank-sharded resumable sampler (not prepared, so the order is exactly ours)
+        self.train_set = CameraVideoDataset(cfg.data, train=True, seed=cfg.run.seed)
+        self.val_set = CameraVideoDataset(cfg.data, train=False, seed=cfg.run.seed)
+        if len(self.train_set) == 0:
+            raise RuntimeError(f"no kept clips of split {cfg.data.split!r} in {cfg.data.annotation_dir}")
+        self.sampler = ResumableSampler(len(self.train_set), cfg.run.batch_size, acc.process_index,
+                                        acc.num_processes, cfg.run.seed)
+        acc.print(f"data: {len(self.train_set)} train clips ({self.sampler.batches_per_epoch} batches/epoch/rank), "
+                  f"{len(self.val_set)} validation clips")
+
+        if self.is_ds:
+            dsc = acc.state.deepspeed_plugin.deepspeed_config
+            dsc["train_micro_batch_size_per_gpu"] = cfg.run.batch_size
+            dsc["gradient_clipping"] = cfg.optim.max_grad_norm
+        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        self.model.train()
+        dropout_off(self.model)
+        zero = getattr(self.model, "zero_optimization_stage", lambda: None)()
+        acc.print(f"engine: {type(self.model).__name__} zero_stage={zero} processes={acc.num_processes} "
+                  f"distributed={acc.distributed_type.value} mixed_precision={acc.mixed_precision}")
+        acc.register_save_state_pre_hook(self._save_hook)
+        acc.register_load_state_pre_hook(self._load_hook)
+        if acc.is_main_process:
+            acc.init_trackers("realcam", config={k: v for k, v in _flat(cfg).items()})
+
+        from .cache import EncoderCache
+
+        self.cache = EncoderCache(cfg.run.cache_dir) if cfg.run.cache_dir else None
+        self._const: dict[str, torch.Tensor] = {}
+        self.global_step = 0
+        self.micro_step = 0
+        self.skipped = 0
+
+    # -------------------------------------------------------------------------------- checkpoint hooks
+    def _save_hook(self, models, weights, output_dir):
+        if self.accelerator.is_main_process:
+            from safetensors.torch import save_file
+
+            plugin = self.accelerator.unwrap_model(self.model).plugin
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in plugin.state_dict().items()},
+                      str(Path(output_dir) / PLUGIN_FILE), metadata={"kind": self.cfg.camera.kind})
+        weights.clear()  # the frozen backbone is not saved; plugin.safetensors holds the trainable weights
+
+    def _load_hook(self, models, input_dir):
+        from safetensors.torch import load_file
+
+        if not self.is_ds:
+            plugin = self.accelerator.unwrap_model(self.model).plugin
+            sd = load_file(str(Path(input_dir) / PLUGIN_FILE))
+            plugin.load_state_dict({k: v.to(plugin.state_dict()[k].dtype) for k, v in sd.items()})
+        models.clear()
+
+    def save_checkpoint(self) -> Path:
+        acc = self.accelerator
+        root = self.out / "checkpoints"
+        final = root / f"step-{self.global_step:07d}"
+        tmp = root / f".tmp-step-{self.global_step:07d}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        kwargs = {"exclude_frozen_parameters": True} if self.is_ds else {}
+        acc.save_state(str(tmp), **kwargs)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            state = {"global_step": self.global_step, "micro_step": self.micro_step, "skipped": self.skipped,
+                     "sampler": self.sampler.state_dict(), "world_size": acc.num_processes}
+            (tmp / STATE_FILE).write_text(json.dumps(state))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            limit = self.cfg.run.checkpoints_total_limit
+            if limit:
+                done = sorted(p for p in root.iterdir() if CKPT_RE.match(p.name))
+                for old in done[:-limit]:
+                    shutil.rmtree(old)
+            log.info("saved %s", final)
+        acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        kwargs = {"load_module_strict": False} if self.is_ds else {}
+        self.accelerator.load_state(str(path), **kwargs)
+        state = json.loads((path / STATE_FILE).read_text())
+        if state.get("world_size", 1) != self.accelerator.num_processes:
+            log.warning("resuming a %s-process checkpoint on %s processes: the data order changes",
+                        state.get("world_size"), self.accelerator.num_processes)
+        self.global_step, self.micro_step = state["global_step"], state["micro_step"]
+        self.skipped = state.get("skipped", 0)
+        self.sampler.load_state_dict(state["sampler"])
+        self.accelerator.print(f"resumed from {path} at step {self.global_step}")
+
+    # -------------------------------------------------------------------------------- conditioning
+    @torch.no_grad()
+    def _const_embed(self, name: str) -> torch.Tensor:
+        if name not in self._const:
+            bb = self.backbone
+            if name == "text":
+                self._const[name] = bb.get_learned_conditioning([""])[0]
+            else:  # CLIP tokens of the all-zero image (dropped image condition)
+                size = bb.cfg.image_encoder.image_size
+                self._const[name] = bb.image_encoder(torch.zeros(1, 3, size, size, device=bb.device,
+                                                                 dtype=self.weight_dtype))[0]
+        return self._const[name]
+
+    @torch.no_grad()
+    def _encode(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Frozen encoders per sample (through the cache when enabled): VAE posterior moments, CLIP image tokens
+        of the condition frame, text embedding."""
+        bb, acc = self.backbone, self.accelerator
+        video = batch["video"].to(acc.device, self.weight_dtype)
+        b, _, f, h, w = video.shape
+        keys, out = [None] * b, [None] * b
+        if self.cache is not None:
+            from .cache import sample_key
+
+            for i in range(b):
+                keys[i] = sample_key(bb.cfg.name, batch["clip_id"][i], batch["frame_indices"][i].tolist(), (h, w),
+                                     int(batch["cond_index"][i]), batch["caption"][i])
+                out[i] = self.cache.get(keys[i])
+        todo = [i for i in range(b) if out[i] is None]
+        if todo:
+            x = video[todo]
+            dist = bb.vae.encode(x.transpose(1, 2).flatten(0, 1)).latent_dist
+            mean = dist.mean.view(len(todo), f, *dist.mean.shape[1:]).transpose(1, 2)
+            std = dist.std.view(len(todo), f, *dist.std.shape[1:]).transpose(1, 2)
+            cond = torch.stack([x[j, :, int(batch["cond_index"][i])] for j, i in enumerate(todo)])
+            tokens = bb.image_encoder(cond)
+            text = bb.get_learned_conditioning([batch["caption"][i] for i in todo])
+            for j, i in enumerate(todo):
+                out[i] = {"mean": mean[j], "std": std[j], "image_tokens": tokens[j], "text": text[j]}
+                if self.cache is not None:
+                    self.cache.put(keys[i], out[i])
+        return {k: torch.stack([o[k].to(acc.device, self.weight_dtype) for o in out]) for k in out[0]}
+
+    def compute_loss(self, batch: dict, gen: torch.Generator, model=None) -> torch.Tensor:
+        cfg, bb, acc = self.cfg, self.backbone, self.accelerator
+        model = model or self.model
+        enc = self._encode(batch)
+        b, _, f, h, w = batch["video"].shape
+        dev = acc.device
+        noise_z = torch.randn(enc["mean"].shape, generator=gen).to(dev)
+        z = (enc["mean"].float() + enc["std"].float() * noise_z) * bb.cfg.vae.scale_factor
+        cond_idx = batch["cond_index"].to(dev)
+        concat = z[torch.arange(b, device=dev), :, cond_idx][:, :, None].expand(-1, -1, f, -1, -1)
+        # CFG dropout (reference §3.6): one r per sample; text dropped if r < 2p, image if p <= r < 3p.
+        p = cfg.optim.uncond_prob
+        r = torch.rand(b, generator=gen).to(dev)
+        drop_text = (r < 2 * p)[:, None, None]
+        drop_image = ((r >= p) & (r < 3 * p))[:, None, None]
+        with torch.no_grad():
+            text = torch.where(drop_text, self._const_embed("text")[None], enc["text"])
+            tokens = torch.where(drop_image, self._const_embed("image")[None], enc["image_tokens"])
+            image = bb.image_proj_model(tokens.to(self.weight_dtype))
+        context = torch.cat([text.to(image.dtype), image], dim=1)
+        fs = (batch["stride"] if cfg.model.fs_type == "fs" else batch["fps"]).to(dev)
+        t = torch.randint(0, bb.schedule.num_timesteps, (b,), generator=gen).to(dev)
+        noise = torch.randn(z.shape, generator=gen).to(dev)
+        model_dtype = self.weight_dtype if self.is_ds else torch.float32
+        c2w, intr = batch["c2w"].to(dev), batch["intrinsics"].to(dev)
+
+        def model_fn(x_t, t_):
+            x = torch.cat([x_t, concat], dim=1).to(model_dtype)
+            return model(x, t_, context.to(model_dtype), fs, c2w, intr, (h, w), gen)
+
+        loss, _ = bb.schedule.training_loss(model_fn, z, t=t, noise=noise)
+        return loss
+
+    # -------------------------------------------------------------------------------- loop
+    def train(self) -> dict:
+        cfg, acc = self.cfg, self.accelerator
+        if self.resume_from is not None:
+            self.load_checkpoint(self.resume_from)
+            self._metrics({"event": "resume", "step": self.global_step})
+        if self.cache is not None and cfg.run.cache_epochs:
+            self.precompute_cache(cfg.run.cache_epochs)
+        loader = DataLoader(self.train_set, batch_size=cfg.run.batch_size, sampler=self.sampler, collate_fn=collate,
+                            num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(), drop_last=True)
+        ga = acc.gradient_accumulation_steps
+        global_batch = cfg.run.batch_size * acc.num_processes * ga
+        bar = None
+        if cfg.run.progress and acc.is_local_main_process:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.run.max_steps, initial=self.global_step, desc="train", unit="step")
+        last = None
+        t_step = time.perf_counter()
+        losses, clip_ids = [], []
+        while self.global_step < cfg.run.max_steps:
+            for batch in loader:
+                self.sampler.advance()
+                self.skipped += int(acc.reduce(batch["skipped"].sum().to(acc.device), "sum"))
+                gen = torch.Generator().manual_seed(step_seed(cfg.run.seed, acc.process_index, self.micro_step))
+                self.micro_step += 1
+                clip_ids += batch["clip_id"]
+                with acc.accumulate(self.model):
+                    loss = self.compute_loss(batch, gen)
+                    acc.backward(loss)
+                    grad_norm = None
+                    if acc.sync_gradients and not self.is_ds:
+                        grad_norm = acc.clip_grad_norm_(self.params, cfg.optim.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.detach())
+                if not acc.sync_gradients:
+                    continue
+                if self.is_ds:
+                    grad_norm = self.model.get_global_grad_norm()
+                self.global_step += 1
+                now = time.perf_counter()
+                sps = global_batch / max(now - t_step, 1e-9)
+                t_step = now
+                mean_loss = acc.reduce(torch.stack(losses).mean(), "mean").item()
+                last = {"step": self.global_step, "loss": mean_loss, "lr": self.optimizer.param_groups[0]["lr"],
+                        "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                        "samples_per_s": sps, "epoch": self.sampler.epoch, "skipped_videos": self.skipped}
+                if cfg.run.log_clip_ids:
+                    from accelerate.utils import gather_object
+
+                    last["clip_ids_by_rank"] = {str(r): ids for r, ids in gather_object([(acc.process_index,
+                                                                                            clip_ids)])}
+                losses, clip_ids = [], []
+                if self.global_step % cfg.run.log_every == 0 or self.global_step == cfg.run.max_steps:
+                    self._metrics(last)
+                    acc.log({k: v for k, v in last.items() if isinstance(v, int | float)}, step=self.global_step)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{sps:.2f}")
+                v = cfg.validation.every
+                if v and self.global_step % v == 0:
+                    self.validate()
+                    t_step = time.perf_counter()
+                if (cfg.run.checkpoint_every and self.global_step % cfg.run.checkpoint_every == 0) \
+                        or self.global_step == cfg.run.max_steps:
+                    self.save_checkpoint()
+                    t_step = time.perf_counter()
+                if self.global_step >= cfg.run.max_steps:
+                    break
+        if bar is not None:
+            bar.close()
+        acc.end_training()
+        return last or {}
+
+    def _metrics(self, row: dict) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def precompute_cache(self, epochs: int) -> None:
+        """Fill the encoder cache with exactly the samples this rank draws in the first ``epochs`` epochs."""
+        keys = [k for e in range(epochs) for k in self.sampler.epoch_keys(e)]
+        bs = self.cfg.run.batch_size
+        for i in range(0, len(keys), bs):
+            self._encode(collate([self.train_set[k] for k in keys[i:i + bs]]))
+        self.accelerator.print(f"encoder cache: {self.cache.misses} computed, {self.cache.hits} present")
+
+    # -------------------------------------------------------------------------------- validation
+    @torch.no_grad()
+    def validate(self) -> None:
+        acc, cfg = self.accelerator, self.cfg
+        if acc.is_main_process and len(self.val_set):
+            vc = cfg.validation
+            folder = self.out / "samples" / f"step-{self.global_step:07d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            row = {"step": self.global_step}
+            model = acc.unwrap_model(self.model)
+            ctx = nullcontext() if self.is_ds else acc.autocast()
+            with ctx:
+                if vc.loss_batches:
+                    gen = torch.Generator().manual_seed(cfg.run.seed)
+                    vals = []
+                    for i in range(min(vc.loss_batches, len(self.val_set))):
+                        vals.append(self.compute_loss(collate([self.val_set[i]]), gen, model).item())
+                    row["val_loss"] = float(np.mean(vals))
+                for i in range(min(vc.num_samples, len(self.val_set))):
+                    self._sample_one(model, self.val_set[i], folder)
+            self._metrics(row)
+            acc.log({k: v for k, v in row.items() if k != "step"}, step=self.global_step)
+        acc.wait_for_everyone()
+
+    def _sample_one(self, model, sample: dict, folder: Path) -> None:
+        from annotate.re10k import CameraTrajectory, write_camera_file
+        from annotate.video import write_video
+
+        cfg, bb, dev = self.cfg, self.backbone, self.accelerator.device
+        vc = cfg.validation
+        video = sample["video"][None].to(dev, self.weight_dtype)
+        _, _, f, h, w = video.shape
+        c2w, intr = sample["c2w"][None].to(dev), sample["intrinsics"][None].to(dev)
+        cond = model.plugin.condition(c2w, intr, (h, w), torch.Generator().manual_seed(0))
+        fs = sample["stride"] if cfg.model.fs_type == "fs" else sample["fps"]
+        gen = bb.sample(video[:, :, 0], sample["caption"], frames=f, steps=vc.steps, spacing=vc.spacing, eta=vc.eta,
+                        cfg_scale=vc.cfg_scale, guidance_rescale=vc.guidance_rescale, fs=fs, seed=cfg.run.seed,
+                        adapter_cond=cond)
+        both = torch.cat([gen.float().cpu(), video.float().cpu()], dim=-1)[0]  # generated | ground truth
+        frames = ((both.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
+        name = sample["clip_id"]
+        write_video(folder / f"{name}.mp4", frames, fps=8)
+        intr_norm = sample["intrinsics"].double().numpy() / np.array([w, h, w, h])
+        w2c = np.linalg.inv(sample["c2w"].double().numpy())[:, :3, :]
+        stamps = sample["frame_indices"].numpy().astype(np.int64)
+        write_camera_file(folder / f"{name}_camera.txt", CameraTrajectory(f"clip://{name}", stamps, intr_norm, w2c))
+
+
+def _flat(cfg: TrainConfig) -> dict:
+    from annotate.config import to_dict
+
+    out = {}
+
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v if isinstance(v, int | float | str | bool) else str(v)
+
+    walk(to_dict(cfg))
+    return out
+
+
+def train(cfg: TrainConfig) -> dict:
+    return Trainer(cfg).train()
