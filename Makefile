@@ -50,8 +50,8 @@ report: $(STAMP) ## annotation report of OUT
 bench-annotate: $(STAMP) ## per-clip benchmark vs the COLMAP command-line chain -> bench/annotate.json
 	$(PY) -m annotate.bench_clip --out bench/annotate.json $(ARGS)
 
-bench-job: sample ## clips per hour of the Ray job on the sample -> bench/job.json
-	$(PY) -m annotate.bench_job --out bench/job.json $(ARGS)
+bench-job: sample ## clips per hour of the Ray job on the sample -> bench/annotate_job.json
+	$(PY) -m annotate.bench_job --sample $(SAMPLE) --json bench/annotate_job.json $(ARGS)
 
 clean: ## remove outputs (keeps .venv)
 	rm -rf outputs bench .pytest_cache
