@@ -52,7 +52,8 @@ def failed(rec: dict, reason: str) -> dict:
     return rec
 
 
-def _base_record(row: dict) -> dict:
+def empty_record(row: dict) -> dict:
+    """A stage-1 record with every field present (stable Arrow schema), before any work on the clip."""
     return {"clip_id": str(row["clip_id"]), "split": str(row["split"]), "pose_path": str(row["pose_path"]),
             "video_path": str(row["video_path"]), "depth_path": str(row.get("depth_path") or ""),
             "youtube_id": "", "num_frames": 0, "frame_h": 0, "frame_w": 0,
@@ -86,7 +87,7 @@ def load_clip(rec: dict, cfg: ClipConfig) -> tuple[dict, np.ndarray]:
 def triangulate_stage(row: dict, cfg: ClipConfig, keep_frames: bool = False) -> dict:
     """Stage 1. With ``keep_frames`` the decoded frames ride along under ``_frames`` (in-process use only)."""
     t0 = time.perf_counter()
-    rec = _base_record(row)
+    rec = empty_record(row)
     try:
         rec, frames = load_clip(rec, cfg)
         obs = triangulate(frames, rec["intrinsics"].reshape(-1, 4), rec["w2c"].reshape(-1, 3, 4), cfg.sfm)

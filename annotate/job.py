@@ -32,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 
 from annotate import output
-from annotate.clip import ClipConfig, DepthStage, _base_record, failed, finish_stage, resolve_paths, triangulate_stage
+from annotate.clip import ClipConfig, DepthStage, empty_record, failed, finish_stage, resolve_paths, triangulate_stage
 from annotate.config import ConfigError, load_config, to_dict
 from annotate.manifest import ManifestError
 from annotate.manifest import load as load_manifest
@@ -83,7 +83,7 @@ def triangulate_udf(row: dict, cfg: ClipConfig, crash_ids: tuple[str, ...] = ())
     try:
         rec = triangulate_stage(row, cfg)
     except BaseException as e:  # noqa: BLE001 - triangulate_stage catches clip errors; this is a last guard
-        rec = failed(_base_record(row), f"triangulation error: {e.__class__.__name__}: {e}")
+        rec = failed(empty_record(row), f"triangulation error: {e.__class__.__name__}: {e}")
     rec["cpu_seconds"] = time.process_time() - c0
     return rec
 
@@ -322,7 +322,7 @@ def _run_locked(manifest: Path, rows: list[dict], out: Path, cfg: JobConfig) -> 
 
 
 def crashed_row(row: dict, cfg: JobConfig) -> dict:
-    rec = failed(_base_record(row), f"worker crashed: Ray gave up on this clip after "
+    rec = failed(empty_record(row), f"worker crashed: Ray gave up on this clip after "
                  f"{cfg.ray.max_retries} retries (see the Ray logs; rerun with --retry-failed)")
     return finish_stage(rec, cfg.clip)
 
