@@ -53,7 +53,14 @@ bench-annotate: $(STAMP) ## per-clip benchmark vs the COLMAP command-line chain 
 bench-job: sample ## clips per hour of the Ray job on the sample -> bench/annotate_job.json
 	$(PY) -m annotate.bench_job --sample $(SAMPLE) --json bench/annotate_job.json $(ARGS)
 
+train: $(STAMP) ## RealCam-I2V 256 on 8xH100 (DeepSpeed ZeRO-1, fp16); CONFIG=... ARGS="key=value ..."
+	$(VENV)/bin/accelerate launch --config_file train/configs/accelerate_8xh100.yaml -m train --config $(or $(CONFIG),train/configs/realcam_256_8xh100.yaml) $(ARGS)
+
+train-tiny: $(STAMP) ## tiny preset on the CPU over the sample annotations (runs `make annotate` if needed)
+	@[ -d $(OUT)/clips ] || $(MAKE) annotate
+	$(PY) -m train --config train/configs/tiny.yaml data.annotation_dir=$(OUT) data.manifest=$(SAMPLE)/manifest.csv $(ARGS)
+
 clean: ## remove outputs (keeps .venv)
 	rm -rf outputs bench .pytest_cache
 
-.PHONY: help install test lint sample annotate report bench-annotate bench-job clean
+.PHONY: help install test lint sample annotate report bench-annotate bench-job train train-tiny clean

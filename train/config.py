@@ -7,7 +7,6 @@ The backbone's own config lives in ``train/dynamicrafter/config.py``; ``model.pr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
 from pathlib import Path
 
 import yaml

@@ -199,7 +199,8 @@ class ResumableSampler(Sampler):
     """
 
     def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = True):
-        self.n, self.batch_size, self.rank, self.world, self.seed, self.shuffle = n, batch_size, rank, world, seed, shuffle
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
+        self.seed, self.shuffle = seed, shuffle
         self.epoch, self.position = 0, 0
         if self.batches_per_epoch == 0:
             raise ValueError(f"{n} clips are fewer than one global batch ({world} x {batch_size})")

@@ -141,7 +141,8 @@ class Trainer:
         resume_from = resolve_resume(cfg)  # every rank checks before anyone writes
         ga = cfg.optim.gradient_accumulation_steps
         ds_plugin = None
-        if cfg.run.deepspeed and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        env_ds = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        if cfg.run.deepspeed and not env_ds:
             ds_plugin = DeepSpeedPlugin(hf_ds_config=cfg.run.deepspeed, gradient_accumulation_steps=ga,
                                         gradient_clipping=cfg.optim.max_grad_norm)
         trackers = []
@@ -157,7 +158,9 @@ class Trainer:
         self.accelerator = acc = Accelerator(
             gradient_accumulation_steps=ga, mixed_precision=cfg.run.mixed_precision, log_with=trackers or None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tensorboard")),
-            deepspeed_plugin=ds_plugin)
+            deepspeed_plugin=ds_plugin,
+            # without cpu=True Accelerate ignores torchrun's WORLD_SIZE on a CPU-only machine (gloo DDP tests)
+            cpu=not torch.cuda.is_available() and ds_plugin is None and not env_ds)
         self.is_ds = acc.state.deepspeed_plugin is not None
         logging.basicConfig(level=logging.INFO if acc.is_main_process else logging.WARNING,
                             format=f"%(asctime)s [rank {acc.process_index}] %(name)s: %(message)s", force=True)
@@ -183,10 +186,11 @@ class Trainer:
         freeze(self.backbone)
         self.plugin = CameraPlugin(self.backbone.unet, cfg.camera)
         self.model = CameraControlledUNet(self.backbone.unet, self.plugin)
-        trainable, frozen = count_parameters(self.model)
-        enc_frozen = sum(p.numel() for n, p in self.backbone.named_parameters() if not n.startswith("unet."))
-        acc.print(f"camera plug-in {cfg.camera.kind}: trainable {trainable:,} parameters; frozen {frozen:,} (UNet) "
-                  f"+ {enc_frozen:,} (VAE, CLIP, Resampler)")
+        trainable, _ = count_parameters(self.plugin)
+        unet_frozen = sum(p.numel() for p in self.backbone.unet.parameters())
+        enc_frozen = sum(p.numel() for p in self.backbone.parameters()) - unet_frozen
+        acc.print(f"camera plug-in {cfg.camera.kind}: trainable {trainable:,} parameters; frozen {unet_frozen:,} "
+                  f"(UNet) + {enc_frozen:,} (VAE, CLIP, Resampler)")
         self.params = [p for p in self.plugin.parameters() if p.requires_grad]
         # Frozen parts in the compute dtype (diffusers examples); the plug-in stays fp32 (AMP master weights).
         self.backbone.to(acc.device, dtype=self.weight_dtype)
@@ -211,7 +215,8 @@ class Trainer:
             dsc["gradient_clipping"] = cfg.optim.max_grad_norm
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         self.model.train()
-        dropout_off(self.model)
+        self.backbone.unet.train()  # training flag drives gradient checkpointing; dropout stays off
+        dropout_off(self.backbone.unet)
         zero = getattr(self.model, "zero_optimization_stage", lambda: None)()
         acc.print(f"engine: {type(self.model).__name__} zero_stage={zero} processes={acc.num_processes} "
                   f"distributed={acc.distributed_type.value} mixed_precision={acc.mixed_precision}")
@@ -256,8 +261,7 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        kwargs = {"exclude_frozen_parameters": True} if self.is_ds else {}
-        acc.save_state(str(tmp), **kwargs)
+        acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:
             state = {"global_step": self.global_step, "micro_step": self.micro_step, "skipped": self.skipped,
@@ -275,8 +279,7 @@ class Trainer:
         return final
 
     def load_checkpoint(self, path: Path) -> None:
-        kwargs = {"load_module_strict": False} if self.is_ds else {}
-        self.accelerator.load_state(str(path), **kwargs)
+        self.accelerator.load_state(str(path))
         state = json.loads((path / STATE_FILE).read_text())
         if state.get("world_size", 1) != self.accelerator.num_processes:
             log.warning("resuming a %s-process checkpoint on %s processes: the data order changes",
@@ -384,6 +387,7 @@ class Trainer:
         losses, clip_ids = [], []
         while self.global_step < cfg.run.max_steps:
             for batch in loader:
+                epoch = self.sampler.epoch
                 self.sampler.advance()
                 self.skipped += int(acc.reduce(batch["skipped"].sum().to(acc.device), "sum"))
                 gen = torch.Generator().manual_seed(step_seed(cfg.run.seed, acc.process_index, self.micro_step))
@@ -409,7 +413,7 @@ class Trainer:
                 mean_loss = acc.reduce(torch.stack(losses).mean(), "mean").item()
                 last = {"step": self.global_step, "loss": mean_loss, "lr": self.optimizer.param_groups[0]["lr"],
                         "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                        "samples_per_s": sps, "epoch": self.sampler.epoch, "skipped_videos": self.skipped}
+                        "samples_per_s": sps, "epoch": epoch, "skipped_videos": self.skipped}
                 if cfg.run.log_clip_ids:
                     from accelerate.utils import gather_object
 

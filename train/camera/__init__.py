@@ -74,12 +74,15 @@ class CameraPlugin(nn.Module):
 
 
 class CameraControlledUNet(nn.Module):
-    """The module handed to ``accelerator.prepare``: frozen UNet + trainable plugin in one forward (so DDP and
-    DeepSpeed see the plugin's parameters used)."""
+    """The module handed to ``accelerator.prepare``: plugin + frozen UNet in one forward (so DDP / DeepSpeed see
+    the plugin's parameters used). The UNet is held unregistered: DDP and DeepSpeed then neither broadcast, cast
+    nor checkpoint its frozen 1.4B parameters (every rank loads them itself; DeepSpeed 0.19 also cannot broadcast
+    the 0-dim ``alpha`` parameter of the 256 model)."""
 
     def __init__(self, unet: UNetModel, plugin: CameraPlugin):
         super().__init__()
-        self.unet, self.plugin = unet, plugin
+        self.plugin = plugin
+        object.__setattr__(self, "unet", unet)
 
     def forward(self, x, t, context, fs, c2w, intrinsics, image_hw, generator=None):
         cond = self.plugin.condition(c2w, intrinsics, image_hw, generator)
