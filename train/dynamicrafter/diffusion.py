@@ -222,12 +222,21 @@ class DDIMSampler:
         x_T: torch.Tensor | None = None,
         device: torch.device | str = "cpu",
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+        x_t_hook: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Run DDIM from pure noise (or x_T); `model_fn(x, t, cond)` gives the raw UNet output."""
+        """Run DDIM from pure noise (or x_T); `model_fn(x, t, cond)` gives the raw UNet output.
+
+        `x_t_hook(index, t, x_t) -> x_t`, if given, runs at every step *before* the UNet call (ddim `index`
+        counts down from len(timesteps)-1; `t` is the [b] DDPM timestep tensor) and may return a modified
+        x_t, e.g. RealCam-I2V noise shaping (x_t <- q_sample(z_preview, t) * M + (1 - M) * x_t) or pasting
+        the overlap frames of a continuation (train/inference/shaping.py). None: unchanged behaviour.
+        """
         ref = torch.empty((), device=device)
         x = x_T if x_T is not None else _randn(shape, generator, ref)
         for i, index in enumerate(reversed(range(len(self.timesteps)))):
             t = torch.full((shape[0],), int(self.timesteps[index]), device=x.device, dtype=torch.long)
+            if x_t_hook is not None:
+                x = x_t_hook(index, t, x)
             out = guided_output(model_fn, x, t, cond, uncond, guidance_scale, guidance_rescale)
             noise = _randn(x.shape, generator, x) if float(self.sigmas[index]) > 0 else torch.zeros_like(x)
             x, pred_x0 = self.step(x, out, index, noise)

@@ -1,0 +1,458 @@
+"""Interactive trajectory editor: ``python -m train.inference.editor --image IMG [--depth-file D] [--port 8765]``.
+
+A tiny self-contained web app (standard library ``http.server``, loopback only, no network, no WebGL, no
+external scripts): the page shows the image's metric point cloud in a 3D view drawn on a 2D canvas (drag to
+orbit, wheel to zoom) with the keyframe cameras and the interpolated path, the splatted view of the current
+camera (moved with buttons or keys W/S A/D R/F Q/E T/G), the keyframe list, a preview player and the
+RealEstate10K export. All scene work (depth, splatting, SE(3) interpolation, export) is done server side by
+:class:`EditorState`, which is usable (and tested) without any GUI.
+
+Keyframe 0 is the image's own camera (identity) and cannot be moved or removed; poses are metres in its frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import ipaddress
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+from PIL import Image
+
+from annotate.camera import camera_centres, to_4x4
+
+from .scene import PointCloud, point_cloud, render_preview, splat
+from .trajectory import Trajectory, keyframe_trajectory, make_pose, rot_x, rot_y, to_camera_trajectory, write_re10k
+
+log = logging.getLogger("realcam.editor")
+
+MOVES = {  # action -> (translation axis and sign, or rotation)
+    "forward": ("t", 2, 1), "back": ("t", 2, -1), "right": ("t", 0, 1), "left": ("t", 0, -1),
+    "down": ("t", 1, 1), "up": ("t", 1, -1),
+    "yaw_right": ("r", "y", 1), "yaw_left": ("r", "y", -1), "pitch_down": ("r", "x", 1), "pitch_up": ("r", "x", -1),
+}
+
+
+class EditorState:
+    """Keyframes, settings and renders of one editing session (thread-safe)."""
+
+    def __init__(self, image: np.ndarray, depth: np.ndarray, intr: np.ndarray, frames: int = 16, stride: int = 3,
+                 point_size: int = 2, max_view_points: int = 20000, export_path: str | Path | None = None,
+                 outlier_removal: bool = True):
+        self.image = np.asarray(image, np.uint8)
+        self.hw = self.image.shape[:2]
+        self.intr = np.asarray(intr, np.float64)
+        self.frames, self.stride, self.point_size = int(frames), int(stride), int(point_size)
+        self.loop = self.ease = False
+        self.cloud: PointCloud = point_cloud(self.image, depth, self.intr, outlier_removal=outlier_removal)
+        self.view_cloud = self.cloud.subsample(max_view_points)
+        self.keyframes: list[dict] = [{"t": 0.0, "c2w": np.eye(4)}]
+        self.camera = np.eye(4)  # the free camera the user moves
+        self.export_path = Path(export_path) if export_path else None
+        self._lock = threading.RLock()
+        self._preview: np.ndarray | None = None
+
+    # -------------------------------------------------------------------------------- keyframes
+    def _changed(self) -> None:
+        self._preview = None
+
+    def add_keyframe(self, c2w: np.ndarray | None = None, t: float | None = None) -> int:
+        """Add (or replace, at an existing t) a keyframe; default pose = the free camera, t = last t + 1."""
+        with self._lock:
+            c2w = to_4x4(self.camera if c2w is None else c2w)
+            t = float(self.keyframes[-1]["t"] + 1.0 if t is None else t)
+            if t <= 0:
+                raise ValueError("keyframe times must be > 0 (t = 0 is the image's camera)")
+            self.keyframes = [k for k in self.keyframes if k["t"] != t] + [{"t": t, "c2w": c2w}]
+            self.keyframes.sort(key=lambda k: k["t"])
+            self._changed()
+            return next(i for i, k in enumerate(self.keyframes) if k["t"] == t)
+
+    def update_keyframe(self, index: int, c2w: np.ndarray | None = None, t: float | None = None) -> None:
+        with self._lock:
+            if index == 0:
+                raise ValueError("keyframe 0 is the image's camera and cannot change")
+            kf = self.keyframes[index]
+            del self.keyframes[index]
+            try:
+                self.add_keyframe(kf["c2w"] if c2w is None else c2w, kf["t"] if t is None else t)
+            except Exception:
+                self.keyframes.insert(index, kf)
+                raise
+
+    def remove_keyframe(self, index: int) -> None:
+        with self._lock:
+            if index == 0:
+                raise ValueError("keyframe 0 is the image's camera and cannot be removed")
+            del self.keyframes[index]
+            self._changed()
+
+    def clear(self) -> None:
+        with self._lock:
+            self.keyframes = self.keyframes[:1]
+            self.camera = np.eye(4)
+            self._changed()
+
+    def settings(self, frames: int | None = None, loop: bool | None = None, ease: bool | None = None) -> None:
+        with self._lock:
+            if frames is not None:
+                if not 2 <= int(frames) <= 256:
+                    raise ValueError("frames must be in 2..256")
+                self.frames = int(frames)
+            if loop is not None:
+                self.loop = bool(loop)
+            if ease is not None:
+                self.ease = bool(ease)
+            self._changed()
+
+    # -------------------------------------------------------------------------------- free camera
+    def move(self, action: str, step: float = 0.1, angle_deg: float = 5.0) -> np.ndarray:
+        """Move the free camera in its own frame: metres for translations, degrees for turns."""
+        if action == "reset":
+            self.camera = np.eye(4)
+            return self.camera
+        if action not in MOVES:
+            raise ValueError(f"unknown move {action!r}; one of {sorted(MOVES)} or reset")
+        kind, axis, sign = MOVES[action]
+        with self._lock:
+            if kind == "t":
+                d = np.zeros(3)
+                d[axis] = sign * step
+                self.camera = self.camera @ make_pose(np.eye(3), d)
+            else:
+                a = np.radians(sign * angle_deg)
+                r = rot_y(a) if axis == "y" else rot_x(-a)
+                self.camera = self.camera @ make_pose(r, np.zeros(3))
+            return self.camera
+
+    # -------------------------------------------------------------------------------- outputs
+    def trajectory(self) -> Trajectory:
+        with self._lock:
+            if len(self.keyframes) == 1:
+                return Trajectory(np.tile(np.eye(4), (self.frames, 1, 1)))
+            kfs = [{"t": k["t"], "c2w": k["c2w"]} for k in self.keyframes]
+            return keyframe_trajectory(kfs, self.frames, loop=self.loop, ease=self.ease, relative=False)
+
+    def preview(self) -> np.ndarray:
+        with self._lock:
+            if self._preview is None:
+                self._preview = render_preview(self.cloud, self.trajectory().c2w, self.intr, self.hw, self.point_size)
+            return self._preview
+
+    def render_view(self, c2w: np.ndarray | None = None) -> np.ndarray:
+        return splat(self.cloud, self.camera if c2w is None else c2w, self.intr, self.hw, self.point_size)[0]
+
+    def re10k_text(self) -> str:
+        from annotate.re10k import format_camera_text
+
+        return format_camera_text(to_camera_trajectory(self.trajectory(), self.intr, self.hw, self.stride,
+                                                       url="realcam://editor"))
+
+    def export(self, path: str | Path | None = None) -> Path:
+        path = Path(path) if path else self.export_path
+        if path is None:
+            raise ValueError("no export path")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_re10k(path, self.trajectory(), self.intr, self.hw, self.stride, url="realcam://editor")
+        keys = path.with_suffix(".keyframes.json")
+        keys.write_text(json.dumps(self.keyframes_json(), indent=1))
+        return path
+
+    def keyframes_json(self) -> dict:
+        return {"keyframes": [{"t": k["t"], "c2w": np.round(k["c2w"], 9).tolist()} for k in self.keyframes],
+                "loop": self.loop, "ease": self.ease}
+
+    def state(self) -> dict:
+        with self._lock:
+            traj = self.trajectory()
+            return {
+                "width": self.hw[1], "height": self.hw[0], "intrinsics": self.intr.tolist(), "frames": self.frames,
+                "loop": self.loop, "ease": self.ease, "points": len(self.cloud),
+                "keyframes": [{"t": k["t"], "c2w": np.round(k["c2w"], 6).tolist()} for k in self.keyframes],
+                "camera": np.round(self.camera, 6).tolist(),
+                "path": np.round(camera_centres(traj.c2w), 5).tolist(),
+                "export_path": str(self.export_path) if self.export_path else None,
+            }
+
+    def points_json(self) -> dict:
+        c = self.view_cloud
+        return {"xyz": np.round(c.xyz, 3).reshape(-1).tolist(), "rgb": c.rgb.reshape(-1).astype(int).tolist()}
+
+
+# ------------------------------------------------------------------------------------------------ HTTP
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(img, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_handler(state: EditorState):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, fmt, *args):  # quiet; debug log only
+            log.debug("%s " + fmt, self.address_string(), *args)
+
+        def _send(self, body: bytes, ctype: str, code: int = 200):
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, obj, code: int = 200):
+            self._send(json.dumps(obj).encode(), "application/json", code)
+
+        def do_GET(self):  # noqa: N802
+            path = urlparse(self.path).path
+            try:
+                if path in ("/", "/index.html"):
+                    self._send(PAGE.encode(), "text/html; charset=utf-8")
+                elif path == "/api/state":
+                    self._json(state.state())
+                elif path == "/api/points":
+                    self._json(state.points_json())
+                elif path == "/image.png":
+                    self._send(png_bytes(state.image), "image/png")
+                elif path == "/api/view.png":
+                    self._send(png_bytes(state.render_view()), "image/png")
+                elif path.startswith("/api/preview/") and path.endswith(".png"):
+                    i = int(path[len("/api/preview/"):-4])
+                    frames = state.preview()
+                    if not 0 <= i < len(frames):
+                        return self._json({"error": f"frame {i} out of range"}, 404)
+                    self._send(png_bytes(frames[i]), "image/png")
+                elif path == "/api/trajectory.txt":
+                    self._send(state.re10k_text().encode(), "text/plain; charset=utf-8")
+                elif path == "/api/keyframes.json":
+                    self._json(state.keyframes_json())
+                else:
+                    self._json({"error": "not found"}, 404)
+            except (ValueError, IndexError) as e:
+                self._json({"error": str(e)}, 400)
+
+        def do_POST(self):  # noqa: N802
+            path = urlparse(self.path).path
+            try:
+                n = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(n) or b"{}")
+                if path == "/api/camera":
+                    if "c2w" in body:
+                        state.camera = to_4x4(np.asarray(body["c2w"], np.float64))
+                    else:
+                        state.move(body["action"], float(body.get("step", 0.1)), float(body.get("angle", 5.0)))
+                elif path == "/api/keyframes":
+                    op = body.get("op")
+                    c2w = np.asarray(body["c2w"], np.float64) if "c2w" in body else None
+                    if op == "add":
+                        state.add_keyframe(c2w, body.get("t"))
+                    elif op == "update":
+                        state.update_keyframe(int(body["index"]), c2w, body.get("t"))
+                    elif op == "remove":
+                        state.remove_keyframe(int(body["index"]))
+                    elif op == "goto":
+                        state.camera = to_4x4(state.keyframes[int(body["index"])]["c2w"])
+                    elif op == "clear":
+                        state.clear()
+                    else:
+                        raise ValueError(f"unknown op {op!r}")
+                elif path == "/api/settings":
+                    state.settings(body.get("frames"), body.get("loop"), body.get("ease"))
+                elif path == "/api/export":
+                    out = state.export(body.get("path"))
+                    return self._json({"path": str(out), "text": state.re10k_text()})
+                else:
+                    return self._json({"error": "not found"}, 404)
+                self._json(state.state())
+            except (ValueError, KeyError, IndexError, TypeError) as e:
+                self._json({"error": str(e)}, 400)
+
+    return Handler
+
+
+def serve(state: EditorState, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
+    """A started (background thread) server on a loopback address; `server.server_address[1]` is the port."""
+    if not ipaddress.ip_address(host).is_loopback:
+        raise ValueError(f"the editor only listens on loopback addresses, not {host!r}")
+    server = ThreadingHTTPServer((host, port), make_handler(state))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True, name="editor-http").start()
+    return server
+
+
+PAGE = r"""<!doctype html>
+<html><head><meta charset="utf-8"><title>RealCam trajectory editor</title>
+<style>
+body{font:13px sans-serif;margin:0;background:#1e1f24;color:#ddd;display:flex;height:100vh}
+#left{flex:1;display:flex;flex-direction:column;min-width:0}
+#view3d{flex:1;background:#111;cursor:grab;width:100%}
+#side{width:330px;padding:8px;overflow:auto;background:#26282f}
+h3{margin:6px 0}.row{margin:4px 0}
+button{background:#3a3d47;color:#eee;border:1px solid #555;border-radius:3px;padding:3px 6px;margin:1px;cursor:pointer}
+img.v{width:100%;image-rendering:pixelated;background:#000;border:1px solid #444}
+#kfs div{padding:2px;border-bottom:1px solid #333}#status{color:#8c8}
+textarea{width:100%;height:70px;background:#111;color:#ccc;font:10px monospace}
+</style></head><body>
+<div id="left"><canvas id="view3d"></canvas>
+<div class="row" style="padding:4px">drag: orbit view, wheel: zoom | keys: W/S forward/back, A/D left/right,
+    R/F up/down,
+Q/E turn, T/G tilt | <span id="status" data-ready="0">loading...</span></div></div>
+<div id="side">
+<h3>Camera view</h3><img id="camview" class="v" alt="current camera">
+<div class="row">
+<button data-a="forward">W fwd</button><button data-a="back">S back</button><button data-a="left">A left</button>
+<button data-a="right">D right</button><button data-a="up">R up</button><button data-a="down">F down</button><br>
+<button data-a="yaw_left">Q turn L</button><button data-a="yaw_right">E turn R</button>
+<button data-a="pitch_up">T tilt up</button><button data-a="pitch_down">G tilt dn</button>
+<button data-a="reset">reset</button> step <input id="step" value="0.1" size="3"> m</div>
+<div class="row"><button id="addkf">Add keyframe here</button><button id="clear">Clear</button></div>
+<h3>Keyframes</h3><div id="kfs"></div>
+<div class="row">frames <input id="frames" size="3"> <label><input type="checkbox" id="loop">loop</label>
+<label><input type="checkbox" id="ease">ease</label></div>
+<h3>Preview</h3><img id="preview" class="v" alt="preview"><div class="row"><button id="play">Play preview</button>
+<span id="pframe"></span></div>
+<h3>Export</h3><div class="row"><button id="export">Export RealEstate10K</button>
+<a href="/api/trajectory.txt" download="trajectory.txt">download</a></div><textarea id="out" readonly></textarea>
+</div>
+<script>
+"use strict";
+let S=null, P=null, view={az:-0.6, el:0.35, dist:6, target:[0,0,3]}, playing=false;
+const cv=document.getElementById('view3d'), ctx=cv.getContext('2d');
+async function api(path, body){const r=await fetch(path, body===undefined?{}:{method:'POST',
+  headers:{'Content-Type':'application/json'}, body:JSON.stringify(body)}); const j=await r.json();
+  if(j.error){document.getElementById('status').textContent='error: '+j.error;} return j;}
+function setState(j){if(!j||j.error)return; S=j; renderSide(); draw();}
+function refreshView(){document.getElementById('camview').src='/api/view.png?'+Date.now();}
+function renderSide(){
+  const d=document.getElementById('kfs'); d.innerHTML='';
+  S.keyframes.forEach((k,i)=>{const e=document.createElement('div'); const c=k.c2w;
+    e.textContent=`#${i} t=${k.t} pos=(${c[0][3].toFixed(2)}, ${c[1][3].toFixed(2)}, ${c[2][3].toFixed(2)}) `;
+    const g=document.createElement('button'); g.textContent='go';
+    g.onclick=async()=>{setState(await api('/api/keyframes',{op:'goto',index:i})); refreshView();};
+    e.appendChild(g);
+    if(i>0){const s=document.createElement('button'); s.textContent='set here';
+    s.onclick=async()=>setState(await api('/api/keyframes',{op:'update',index:i,c2w:S.camera}));
+      const b=document.createElement('button'); b.textContent='delete';
+    b.onclick=async()=>setState(await api('/api/keyframes',{op:'remove',index:i}));
+      e.appendChild(s); e.appendChild(b);}
+    d.appendChild(e);});
+  document.getElementById('frames').value=S.frames; document.getElementById('loop').checked=S.loop;
+  document.getElementById('ease').checked=S.ease;
+  document.getElementById('status').textContent=
+    `points: ${S.points}, keyframes: ${S.keyframes.length}, frames: ${S.frames}`;
+}
+function viewBasis(){const ca=Math.cos(view.az), sa=Math.sin(view.az), ce=Math.cos(view.el), se=Math.sin(view.el);
+  // eye on a sphere around target; world axes: x right, y down, z forward
+  const eye=[view.target[0]-view.dist*ce*sa, view.target[1]-view.dist*se, view.target[2]-view.dist*ce*ca];
+  let z=[view.target[0]-eye[0], view.target[1]-eye[1], view.target[2]-eye[2]]; const n=Math.hypot(...z);
+    z=z.map(v=>v/n);
+  let x=[-z[2], 0, z[0]]; const nx=Math.hypot(...x)||1; x=x.map(v=>v/nx);   // cross(down, z)
+  const y=[z[1]*x[2]-z[2]*x[1], z[2]*x[0]-z[0]*x[2], z[0]*x[1]-z[1]*x[0]];
+  return {eye,x,y,z};}
+function project(B,p,f,cx,cy){const d=[p[0]-B.eye[0],p[1]-B.eye[1],p[2]-B.eye[2]];
+  const zc=d[0]*B.z[0]+d[1]*B.z[1]+d[2]*B.z[2]; if(zc<0.05) return null;
+  return [cx+f*(d[0]*B.x[0]+d[1]*B.x[1]+d[2]*B.x[2])/zc, cy+f*(d[0]*B.y[0]+d[1]*B.y[1]+d[2]*B.y[2])/zc, zc];}
+function drawCam(B,c2w,color,f,cx,cy,size){const o=[c2w[0][3],c2w[1][3],c2w[2][3]];
+  const corner=(sx,sy)=>[0,1,2].map(r=>o[r]+size*(c2w[r][0]*sx*0.6+c2w[r][1]*sy*0.45+c2w[r][2]));
+  const pts=[corner(-1,-1),corner(1,-1),corner(1,1),corner(-1,1)].map(p=>project(B,p,f,cx,cy));
+    const po=project(B,o,f,cx,cy);
+  if(!po||pts.some(p=>!p))return; ctx.strokeStyle=color; ctx.lineWidth=1.5; ctx.beginPath();
+  for(const p of pts){ctx.moveTo(po[0],po[1]); ctx.lineTo(p[0],p[1]);}
+  ctx.moveTo(pts[3][0],pts[3][1]); for(const p of pts) ctx.lineTo(p[0],p[1]); ctx.stroke();}
+function draw(){
+  const w=cv.clientWidth, h=cv.clientHeight; if(cv.width!==w||cv.height!==h){cv.width=w; cv.height=h;}
+  ctx.fillStyle='#111'; ctx.fillRect(0,0,w,h); if(!P||!S) return;
+  const B=viewBasis(), f=0.9*Math.max(w,h), cx=w/2, cy=h/2, n=P.xyz.length/3, proj=[];
+  for(let i=0;i<n;i++){const q=project(B,[P.xyz[3*i],P.xyz[3*i+1],P.xyz[3*i+2]],f,cx,cy);
+    if(q) proj.push([q[2],q[0],q[1],i]);}
+  proj.sort((a,b)=>b[0]-a[0]);
+  for(const [zc,u,v,i] of proj){ctx.fillStyle=`rgb(${P.rgb[3*i]},${P.rgb[3*i+1]},${P.rgb[3*i+2]})`;
+    const s=Math.max(1.5, Math.min(6, 0.04*f/zc)); ctx.fillRect(u-s/2,v-s/2,s,s);}
+  ctx.strokeStyle='#f0f'; ctx.lineWidth=2; ctx.beginPath(); let first=true;
+  for(const c of S.path){const q=project(B,c,f,cx,cy); if(!q){first=true; continue;} if(first){ctx.moveTo(q[0],q[1]);
+    first=false;} else ctx.lineTo(q[0],q[1]);}
+  ctx.stroke();
+  S.keyframes.forEach((k,i)=>drawCam(B,k.c2w,i===0?'#fff':'#fc3',f,cx,cy,0.25));
+  drawCam(B,S.camera,'#3cf',f,cx,cy,0.3);
+  document.getElementById('status').dataset.ready='1';
+}
+let drag=null; cv.onmousedown=e=>{drag=[e.clientX,e.clientY]}; window.onmouseup=()=>{drag=null};
+window.onmousemove=e=>{if(!drag)return; view.az+=(e.clientX-drag[0])*0.01;
+    view.el=Math.max(-1.5,Math.min(1.5,view.el+(e.clientY-drag[1])*0.01)); drag=[e.clientX,e.clientY]; draw();};
+cv.onwheel=e=>{e.preventDefault(); view.dist*=Math.exp(e.deltaY*0.001); draw();};
+async function move(a){const step=parseFloat(document.getElementById('step').value)||0.1;
+  setState(await api('/api/camera',{action:a, step:step})); refreshView();}
+document.querySelectorAll('button[data-a]').forEach(b=>b.onclick=()=>move(b.dataset.a));
+const KEYS={w:'forward',s:'back',a:'left',d:'right',r:'up',f:'down',q:'yaw_left',e:'yaw_right',t:'pitch_up',
+    g:'pitch_down'};
+window.onkeydown=e=>{if(e.target.tagName==='INPUT')return; const a=KEYS[e.key.toLowerCase()]; if(a) move(a);};
+document.getElementById('addkf').onclick=async()=>setState(await api('/api/keyframes',{op:'add'}));
+document.getElementById('clear').onclick=async()=>{setState(await api('/api/keyframes',{op:'clear'})); refreshView();};
+const settings=async()=>setState(await api('/api/settings',{frames:parseInt(document.getElementById('frames').value),
+  loop:document.getElementById('loop').checked, ease:document.getElementById('ease').checked}));
+['frames','loop','ease'].forEach(id=>document.getElementById(id).onchange=settings);
+document.getElementById('play').onclick=async()=>{if(playing)return; playing=true;
+  for(let i=0;i<S.frames;i++){document.getElementById('pframe').textContent=`frame ${i+1}/${S.frames}`;
+    await new Promise(res=>{const im=document.getElementById('preview'); im.onload=res; im.onerror=res;
+    im.src=`/api/preview/${i}.png?`+Date.now();});
+    await new Promise(res=>setTimeout(res,100));} playing=false;};
+document.getElementById('export').onclick=async()=>{const j=await api('/api/export',{});
+    if(!j.error) document.getElementById('out').value=`wrote ${j.path}\n`+j.text;};
+window.onresize=draw;
+(async()=>{setState(await api('/api/state')); P=await api('/api/points');
+  const t=S.path.length?S.path:[[0,0,0]]; let mz=0; for(let i=2;i<P.xyz.length;i+=3) mz+=P.xyz[i];
+    mz/=Math.max(1,P.xyz.length/3);
+  view.target=[0,0,mz*0.6]; view.dist=Math.max(2,mz*1.2); draw(); refreshView();
+  document.getElementById('preview').src='/api/preview/0.png';})();
+</script></body></html>
+"""
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .scene import load_image, resize_crop, user_intrinsics
+
+    p = argparse.ArgumentParser(prog="python -m train.inference.editor", description=__doc__.split("\n\n")[0])
+    p.add_argument("--image", required=True)
+    p.add_argument("--depth-file", help=".npy / .npz ('depth') metric depth at the image or model size")
+    p.add_argument("--depth-model", help="Depth Anything V2 metric hub id or folder (default: annotate's)")
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--frame-stride", type=int, default=3)
+    p.add_argument("--export", default="trajectory.txt", help="where Export writes the RealEstate10K file")
+    p.add_argument("--host", default="127.0.0.1", help="a loopback address")
+    p.add_argument("--port", type=int, default=8765)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    image0 = load_image(args.image)
+    image, plan = resize_crop(image0, (args.height, args.width))
+    if args.depth_file:
+        from train.sample import _read_depth
+
+        depth = _read_depth(args.depth_file, image0.shape[:2], plan, (args.height, args.width))
+    else:
+        from annotate.depth import DEFAULT_MODEL, DepthAnythingPredictor, DepthConfig
+
+        depth = DepthAnythingPredictor(DepthConfig(model=args.depth_model or DEFAULT_MODEL)).predict(image[None])[0]
+    state = EditorState(image, depth, user_intrinsics(plan), frames=args.frames, stride=args.frame_stride,
+                        export_path=args.export)
+    server = serve(state, args.host, args.port)
+    print(f"trajectory editor on http://{args.host}:{server.server_address[1]}/  (Ctrl-C to stop)", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Loading a trained camera plug-in (``plugin.safetensors`` of train/trainer.py) onto a DynamiCrafter backbone.
+
+Accepted paths: the ``plugin.safetensors`` file, a checkpoint folder holding it (``checkpoints/step-N``), or a
+run folder (its newest complete checkpoint). The plug-in's CameraConfig comes from the run's ``config.yaml``
+(searched in the parent folders) or, failing that, the defaults with the ``kind`` stored in the file's
+metadata. Loading is strict: a missing or unexpected key is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("realcam.inference")
+
+PLUGIN_FILE = "plugin.safetensors"
+
+
+def find_plugin_file(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_file():
+        return path
+    if (path / PLUGIN_FILE).is_file():
+        return path / PLUGIN_FILE
+    if path.is_dir():
+        from train.trainer import find_checkpoint
+
+        ckpt = find_checkpoint(path)
+        if ckpt is not None and (ckpt / PLUGIN_FILE).is_file():
+            return ckpt / PLUGIN_FILE
+    raise FileNotFoundError(f"no {PLUGIN_FILE} at {path} (give the file, a checkpoint folder or a run folder)")
+
+
+def plugin_metadata(path: str | Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def camera_config_for(plugin_file: Path):
+    """The run's CameraConfig (config.yaml up to three folders above the file), else defaults + file kind."""
+    from train.config import CameraConfig, load_train_config
+
+    for parent in list(plugin_file.resolve().parents)[:4]:
+        cfg_path = parent / "config.yaml"
+        if cfg_path.is_file():
+            try:
+                return load_train_config(str(cfg_path)).camera
+            except Exception as e:  # noqa: BLE001 - a foreign config.yaml: fall back to the metadata
+                log.warning("cannot read camera config from %s (%s); using the plug-in metadata", cfg_path, e)
+                break
+    kind = plugin_metadata(plugin_file).get("kind", "realcam")
+    return CameraConfig(kind=kind)
+
+
+def load_camera_plugin(model, path: str | Path, camera_cfg=None):
+    """Attach a CameraPlugin to `model.unet` (via attn1_adapter) and load its weights strictly."""
+    from safetensors.torch import load_file
+
+    from train.camera import CameraPlugin
+
+    file = find_plugin_file(path)
+    cfg = camera_cfg or camera_config_for(file)
+    plugin = CameraPlugin(model.unet, cfg)
+    sd = load_file(str(file))
+    own = plugin.state_dict()
+    plugin.load_state_dict({k: v.to(own[k].dtype) if k in own else v for k, v in sd.items()}, strict=True)
+    plugin.to(model.device, model.dtype).eval()
+    plugin.requires_grad_(False)
+    plugin.source = str(file)
+    return plugin
+
+
+def save_plugin(plugin, path: str | Path) -> Path:
+    """Write a plug-in as the trainer does (float32 tensors, metadata kind) - for tests and conversions."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in plugin.state_dict().items()}, str(path),
+              metadata={"kind": plugin.kind})
+    return path
+
+
+def camera_condition(plugin, c2w, intrinsics, image_hw, seed: int = 0):
+    """adapter_cond for [F, 4, 4] metric c2w and [F, 4] pixel intrinsics (numpy or torch), batch 1."""
+    dev = next(plugin.parameters()).device
+    c2w_t = torch.as_tensor(c2w, dtype=torch.float32, device=dev)[None]
+    intr_t = torch.as_tensor(intrinsics, dtype=torch.float32, device=dev)[None]
+    with torch.no_grad():
+        return plugin.condition(c2w_t, intr_t, tuple(image_hw), torch.Generator().manual_seed(seed))
