@@ -170,6 +170,6 @@ def test_encoder_cache_precompute_and_hits(train_annotations, tmp_path):
     with torch.no_grad():
         cached = tr.compute_loss(batch, torch.Generator().manual_seed(1)).item()
         assert tr.cache.hits == 1
-        cache, tr.cache = tr.cache, None
+        tr.cache = None  # the same sample, encoded afresh
         fresh = tr.compute_loss(batch, torch.Generator().manual_seed(1)).item()
     assert cached == pytest.approx(fresh, rel=1e-2)  # float16 cache
