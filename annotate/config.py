@@ -145,17 +145,22 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
     return cfg
 
 
+def read_yaml(path: str | Path) -> dict:
+    """A YAML preset as a mapping, with errors that name the file."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Defaults, then the YAML preset (if any), then overrides."""
-    data = {}
-    if path:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read config {path}: {e}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML ({e})") from None
-    cfg = from_dict(cls, data)
+    cfg = from_dict(cls, read_yaml(path) if path else {})
     return apply_overrides(cfg, list(overrides or []))
 
 

@@ -7,11 +7,8 @@ The backbone's own config lives in ``train/dynamicrafter/config.py``; ``model.pr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import yaml
-
-from annotate.config import ConfigError, apply_overrides, from_dict
+from annotate.config import ConfigError, apply_overrides, from_dict, read_yaml
 
 SCALE_SOURCES = ("condition_frame", "clip", "relative")
 CAMERA_KINDS = ("realcam", "cami2v", "cameractrl", "motionctrl")
@@ -132,11 +129,6 @@ def check(cfg: TrainConfig) -> TrainConfig:
 
 def load_train_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
     """Preset (or a run's config.yaml, whose informational ``meta`` block is ignored), then overrides."""
-    data = {}
-    if path:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read config {path}: {e}") from None
-        data.pop("meta", None)
+    data = read_yaml(path) if path else {}
+    data.pop("meta", None)
     return check(apply_overrides(from_dict(TrainConfig, data), list(overrides or [])))

@@ -5,13 +5,13 @@ Presets: `tiny` (tests), `256`, `512`, `1024` (the official inference yamls; 512
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+# One typed-config mechanism for the project: unknown keys are errors that name the key.
+from annotate.config import from_dict, to_dict  # noqa: F401  (from_dict is part of this module's API)
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -152,43 +152,7 @@ class ModelConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def to_dict(self) -> dict:
-        return _to_plain(dataclasses.asdict(self))
-
-
-def from_dict(cls: type, data: dict):
-    """Build dataclass `cls` from a (nested) dict; unknown keys are an error so typos don't pass silently."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
-    kwargs = {}
-    for key, value in data.items():
-        kwargs[key] = _coerce(hints[key], value)
-    return cls(**kwargs)
-
-
-def _coerce(tp, value):
-    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-        return from_dict(tp, value)
-    origin = typing.get_origin(tp)
-    if origin is tuple and isinstance(value, list | tuple):
-        return tuple(value)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
-                return from_dict(arg, value)
-    if tp is float and isinstance(value, int):
-        return float(value)
-    return value
-
-
-def _to_plain(obj):
-    if isinstance(obj, dict):
-        return {k: _to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_to_plain(v) for v in obj]
-    return obj
+        return to_dict(self)
 
 
 def load_config(name_or_path: str | Path) -> ModelConfig:
