@@ -1,7 +1,7 @@
 """``python -m train --config train/configs/tiny.yaml [key=value ...]`` (or under ``accelerate launch -m train``).
 
 Rerunning with the same ``run.output_dir`` resumes from its newest complete checkpoint; ``resume=none`` starts
-afresh (refusing a non-empty folder unless ``overwrite=true``). See docs/training-contract.md.
+afresh (refusing a non-empty folder unless ``overwrite=true``). See train/training-contract.md.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 One Accelerate loop in the style of the diffusers training examples. The DynamiCrafter backbone is frozen
 (requires_grad False; its Dropout modules in eval mode); only the camera plug-in trains (AdamW, no scheduler).
-Run folder and command line: see docs/training-contract.md. Randomness of a step (VAE posterior sample, CFG
+Run folder and command line: see train/training-contract.md. Randomness of a step (VAE posterior sample, CFG
 dropout, timesteps, noise) comes from a generator seeded by (seed, rank, micro-step), data randomness from
 (seed, epoch, index), and the checkpoint stores the sampler position, the micro-step and Accelerate's RNG states,
 so a resumed run reproduces the uninterrupted one exactly.
