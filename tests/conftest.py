@@ -17,6 +17,17 @@ FIXTURES = Path(__file__).parent / "fixtures"
 RE10K_DIR = FIXTURES / "re10k_poses"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: extra intra-op threads only add contention on shared CI cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def scale_clips(tmp_path_factory) -> Path:
     """Three 24-frame 320x180 clips (a real RealEstate10K path, a walk, an orbit) with exact depth."""

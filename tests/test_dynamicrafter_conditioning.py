@@ -19,14 +19,7 @@ from train.dynamicrafter.config import load_config
 from train.dynamicrafter.tiny import randomize_, write_tiny_tokenizer
 from train.dynamicrafter.vae import build_vae, vae_ckpt_to_native, vae_native_to_ckpt
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: extra intra-op threads only add contention on shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _resblock(x: torch.Tensor, p: dict, pre: str, heads: int, mask: torch.Tensor | None) -> torch.Tensor:

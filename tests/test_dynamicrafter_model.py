@@ -14,14 +14,7 @@ from train.dynamicrafter.model import COMPONENTS, load_dynamicrafter
 from train.dynamicrafter.tiny import build_tiny_model
 from train.dynamicrafter.unet import UNetModel, iter_temporal_blocks
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: extra intra-op threads only add contention on shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ FIXTURE = Path(os.environ.get("REALCAM_PARITY_FIXTURE", DEFAULT))
 ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: extra intra-op threads only add contention on shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _group(sd: dict, prefix: str) -> dict:
