@@ -48,6 +48,9 @@ report: $(STAMP) ## annotation report of OUT
 	$(PY) -m annotate report $(OUT)
 
 bench-annotate: $(STAMP) ## per-clip benchmark vs the COLMAP command-line chain -> bench/annotate.json
+	@command -v colmap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq colmap >/dev/null; } || \
+	  echo "Debian's colmap is not installed: the reference chain is skipped"
 	$(PY) -m annotate.bench_clip --out bench/annotate.json $(ARGS)
 
 bench-job: sample ## clips per hour of the Ray job on the sample -> bench/annotate_job.json
