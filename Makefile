@@ -56,6 +56,13 @@ bench-annotate: $(STAMP) ## per-clip benchmark vs the COLMAP command-line chain 
 bench-job: sample ## clips per hour of the Ray job on the sample -> bench/annotate_job.json
 	$(PY) -m annotate.bench_job --sample $(SAMPLE) --json bench/annotate_job.json $(ARGS)
 
+bench-backbone: $(STAMP) ## forward/backward time and peak memory of the full 256 UNet -> bench/backbone.json
+	$(PY) -m train.bench_backbone --out bench/backbone.json $(ARGS)
+
+bench-train: $(STAMP) ## trainer samples/s and peak memory, with and without cached latents -> bench/train.json
+	@[ -d $(OUT)/clips ] || $(MAKE) annotate
+	$(PY) -m train.bench_train --out bench/train.json $(ARGS)
+
 train: $(STAMP) ## RealCam-I2V 256 on 8xH100 (DeepSpeed ZeRO-1, fp16); CONFIG=... ARGS="key=value ..."
 	$(VENV)/bin/accelerate launch --config_file train/configs/accelerate_8xh100.yaml -m train --config $(or $(CONFIG),train/configs/realcam_256_8xh100.yaml) $(ARGS)
 
@@ -66,4 +73,4 @@ train-tiny: $(STAMP) ## tiny preset on the CPU over the sample annotations (runs
 clean: ## remove outputs (keeps .venv)
 	rm -rf outputs bench .pytest_cache
 
-.PHONY: help install test lint sample annotate report bench-annotate bench-job train train-tiny clean
+.PHONY: help install test lint sample annotate report bench-annotate bench-job bench-backbone bench-train train train-tiny clean

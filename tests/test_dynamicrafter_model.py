@@ -156,6 +156,7 @@ def test_training_step_reaches_adapters_through_checkpointing(tiny):
         dim = block.norm1.normalized_shape[0]
         block.attn1_adapter = _LinearAdapter(dim)
         adapters.append(block.attn1_adapter)
+    assert len(adapters) == 4 + 1 + 6
     ctx, concat = torch.randn(1, 77 + 256, 64), torch.randn(1, 4, 16, 8, 8)
     feats = [torch.randn(1, 64, 16, 8 >> i, 8 >> i) for i in range(3)]
 

@@ -113,9 +113,18 @@ def test_mask_erosion_rule_and_depth_edges(room_scene):
     kept = lat[1].numpy() > 0
     assert not near_hole.numpy()[np.ix_(ys, xs)][kept].any()
     assert kept.mean() > 0.5 and lat[0].mean() == 1.0  # most of the view is shaped; frame 0 fully
-    # large depth edges in the source depth lie next to holes in the moved view
+    # large depth edges in the source depth lie next to holes in the moved view: moving 0.5 m to the right shifts
+    # a point at depth z by 64 * 0.5 / z px to the left, so a near -> far edge (left to right) opens a gap between
+    # where its near and far neighbours land; wherever that gap is >= 2 px the moved view has a hole in it
     edge = np.abs(np.diff(depth, axis=1)) > 0.5
     assert edge.any()
+    gaps = 0
+    for r, c in zip(*np.nonzero(np.diff(depth, axis=1) > 0.5)):
+        lo, hi = c + 0.5 - 32 / depth[r, c], c + 1.5 - 32 / depth[r, c + 1]
+        if hi - lo >= 2:
+            gaps += 1
+            assert holes[r, int(np.floor(lo)):int(np.ceil(hi)) + 1].sum() > 0, (r, c, lo, hi)
+    assert gaps >= 10
     print(f"holes {int(holes.sum())} px, pixel mask kept {eroded[1].mean():.3f}, latent kept {kept.mean():.3f}")
 
 

@@ -93,6 +93,12 @@ def test_preset_loops_return_to_start(spec):
     out = preset_trajectory(spec, 9, INTR)
     np.testing.assert_allclose(traj.c2w[8], out.c2w[-1], atol=1e-12)  # turning point = end of the one-way path
     np.testing.assert_allclose(traj.c2w[:9][::-1], traj.c2w[8:], atol=1e-12)  # symmetric out and back
+    assert (traj.intrinsics is None) == (out.intrinsics is None) == (not spec.startswith("zoom"))
+    if spec.startswith("zoom"):  # zoom moves the focal length, not the camera: its loop is in the intrinsics
+        np.testing.assert_allclose(traj.intrinsics[-1], traj.intrinsics[0], atol=1e-12)
+        np.testing.assert_allclose(traj.intrinsics[8], out.intrinsics[-1], atol=1e-12)
+        np.testing.assert_allclose(traj.intrinsics[:9][::-1], traj.intrinsics[8:], atol=1e-12)
+        assert out.intrinsics[-1, 0] == pytest.approx(2 * out.intrinsics[0, 0])
 
 
 def _keyframes():

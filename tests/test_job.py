@@ -116,6 +116,8 @@ def test_output_matches_contract(annotated_sample, annot_manifest, annot_sample)
     assert mj["rows"]["by_status"] == {"ok": 6, "failed": 6}
     assert sum(mj["rows"]["by_split"].values()) == 12
     assert mj["versions"]["pycolmap"] and mj["versions"]["ray"] and mj["depth"]["model"]
+    assert sorted(s["path"] for s in mj["shards"]) == sorted(
+        p.relative_to(out).as_posix() for p in (out / "clips").glob("*.parquet"))
     for s in mj["shards"]:
         assert output.sha256_file(out / s["path"]) == s["sha256"]
 
@@ -265,9 +267,9 @@ def test_tiny_depth_model_without_depth_paths(annot_sample, tiny_depth_model, tm
     got = rows_by_id(out)
     assert sorted(got) == sorted(r["clip_id"] for r in rows)
     for r in got.values():
-        assert r["status"] == "ok" or r["error"], r
-        if r["status"] == "ok":
-            assert np.isfinite(r["scale"]) and r["scale"] > 0
+        # the tiny model (seeded random weights) gives usable depth: every clip gets a finite positive scale
+        assert r["status"] == "ok", r["error"]
+        assert np.isfinite(r["scale"]) and r["scale"] > 0
     mj = json.loads((out / "manifest.json").read_text())
     assert mj["depth"]["model"] == str(tiny_depth_model) and mj["depth"]["clips_with_model_depth"] == 2
     validate(out, manifest)

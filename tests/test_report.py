@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from annotate.__main__ import main
 from annotate.report import frame_spread, report
 
@@ -33,3 +35,4 @@ def test_report_cli_chosen_and_failed_clip(annotated_sample, tmp_path, capsys):
 def test_frame_spread():
     ratio, cv = frame_spread([[1.0, 2.0, float("nan")], [float("nan")], [3.0, 3.0]])
     assert list(ratio) == [2.0, 1.0] and cv[1] == 0.0
+    assert len(cv) == 2 and cv[0] == pytest.approx(0.5 / 1.5)  # population std of [1, 2] over its mean

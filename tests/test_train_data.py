@@ -23,11 +23,25 @@ def data_cfg(train_annotations) -> DataConfig:
                       stride_range=(1, 10), val_stride=2, num_workers=0)
 
 
-def test_kept_clips_of_split(data_cfg, train_annotations):
+def test_kept_clips_of_split(data_cfg, train_annotations, tmp_path):
+    import pyarrow as pa
+
+    from annotate.output import read_table, write_shard
+
     rows = train_annotations["rows"]
+    assert all(r["status"] == "ok" for r in rows)
     train = load_clips(data_cfg, "train")
-    assert sorted(c["clip_id"] for c in train) == sorted(r["clip_id"] for r in rows if r["split"] == "train")
+    train_ids = sorted(r["clip_id"] for r in rows if r["split"] == "train")
+    assert sorted(c["clip_id"] for c in train) == train_ids and len(train_ids) == 4
     assert len(load_clips(data_cfg, "test")) == 2
+    # a clip the filter dropped (keep=False) is not a training clip
+    table = read_table(train_annotations["annotation_dir"])
+    dropped = train_ids[1]
+    keep = [cid != dropped for cid in table.column("clip_id").to_pylist()]
+    table = table.set_column(table.schema.get_field_index("keep"), "keep", pa.array(keep, pa.bool_()))
+    write_shard(tmp_path / "annotation", 0, table)
+    cfg = DataConfig(**{**data_cfg.__dict__, "annotation_dir": str(tmp_path / "annotation")})
+    assert sorted(c["clip_id"] for c in load_clips(cfg, "train")) == [c for c in train_ids if c != dropped]
 
 
 def test_sample_geometry(data_cfg):
