@@ -62,6 +62,17 @@ def test_keyframe_edits_and_interpolation(state):
         state.move("jump")
 
 
+def test_keyframe_looking_at_a_point(state):
+    state.move("right", step=0.3)
+    i = state.add_keyframe_looking_at([1.0, -0.5, 3.0])
+    c2w = state.keyframes[i]["c2w"]
+    np.testing.assert_allclose(c2w, look_at([0.3, 0, 0], [1.0, -0.5, 3.0]), atol=1e-12)
+    ray = np.array([0.7, -0.5, 3.0])
+    np.testing.assert_allclose(c2w[:3, 2], ray / np.linalg.norm(ray), atol=1e-12)  # optical axis hits the point
+    with pytest.raises(ValueError):
+        state.add_keyframe_looking_at([0.3, 0, 0])  # the camera's own position
+
+
 def test_preview_and_export(state, tmp_path):
     state.add_keyframe(make_pose(np.eye(3), [0.3, 0.0, 0.0]), t=1.0)
     frames = state.preview()
@@ -128,6 +139,11 @@ def test_http_api(server):
     np.testing.assert_allclose(w2c_to_c2w(cam.w2c)[-1][:3, 3], [0.25, 0, 0], atol=1e-8)
     code, out = _post(base + "/api/export", {})
     assert code == 200 and Path(out["path"]).is_file()
+    code, st = _post(base + "/api/keyframes", {"op": "add", "look_at": [0.0, 0.0, 2.0], "t": 5})
+    np.testing.assert_allclose(np.array(st["keyframes"][-1]["c2w"]), look_at([0.25, 0, 0], [0, 0, 2]), atol=1e-6)
+    assert json.loads(_get(base + "/api/selftest")[2]) == {}
+    _post(base + "/api/selftest", {"plane": [1, 2, 3]})
+    assert json.loads(_get(base + "/api/selftest")[2]) == {"plane": [1, 2, 3]}
 
 
 def test_only_loopback():
@@ -145,18 +161,49 @@ def test_page_in_headless_chromium(server, tmp_path):
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1024,768",
              "--virtual-time-budget=8000"]
-    with tempfile.TemporaryDirectory() as prof:
-        dom = subprocess.run(flags + [f"--user-data-dir={prof}", "--dump-dom", base + "/"], capture_output=True,
-                             text=True, timeout=120).stdout
-    assert 'data-ready="1"' in dom, dom[-2000:]
-    assert f"points: {len(state.cloud)}, keyframes: 2" in dom
+    with tempfile.TemporaryDirectory() as prof:  # ?selftest=drag drives the page's pointer handlers
+        dom = subprocess.run(flags + [f"--user-data-dir={prof}", "--dump-dom", base + "/?selftest=drag"],
+                             capture_output=True, text=True, timeout=60).stdout
+    assert 'data-ready="1"' in dom and 'data-selftest="done"' in dom, dom[-2000:]
+    assert f"points: {len(state.cloud)}, keyframes: 3" in dom
+    _check_drag_selftest(json.loads(_get(base + "/api/selftest")[2]), state)
     shot = tmp_path / "editor.png"
     with tempfile.TemporaryDirectory() as prof:
         subprocess.run(flags + [f"--user-data-dir={prof}", f"--screenshot={shot}", base + "/"], capture_output=True,
-                       timeout=120)
+                       timeout=60)
     img = np.asarray(Image.open(shot).convert("RGB"))
     assert img.shape == (768, 1024, 3)
     canvas = img[50:600, 50:600]
     # the point cloud was drawn: many distinct colours on the dark canvas
     assert len(np.unique(canvas.reshape(-1, 3), axis=0)) > 200
     print(f"screenshot {shot}")
+
+
+def _check_drag_selftest(rep, state):
+    """What the page's synthetic drags did, against the view-plane geometry the page reported."""
+    eye, x, y, z = (np.array(rep["cam"][k]) for k in ("eye", "x", "y", "z"))
+    f, cx, cy = rep["cam"]["f"], rep["cam"]["cx"], rep["cam"]["cy"]
+
+    def project(p):
+        d = np.asarray(p) - eye
+        return np.array([cx + f * (d @ x) / (d @ z), cy + f * (d @ y) / (d @ z), d @ z])
+
+    u0, v0, zc = rep["start"]
+    np.testing.assert_allclose(project([0.4, 0.0, 0.6]), rep["start"], atol=1e-6)
+    (du, dv), dz = rep["d"], rep["dz"]
+    # plain drag: moved in the plane parallel to the view, by the pixel delta at the keyframe's depth
+    np.testing.assert_allclose(rep["plane"], [0.4, 0.0, 0.6] + (du * x + dv * y) * zc / f, atol=1e-5)
+    np.testing.assert_allclose(project(rep["plane"]), [u0 + du, v0 + dv, zc], atol=1e-2)  # stays under the pointer
+    # shift+drag: along the view direction only, dragging up pushes it away by zc/f per pixel (the page sends the
+    # drag as two half moves, each scaling the depth by 1 + |dz|/2/f)
+    push = zc * ((1 - dz / 2 / f) ** 2 - 1)
+    np.testing.assert_allclose(rep["depth"], np.array(rep["plane"]) + z * push, atol=1e-5)
+    assert push > 0.05
+    np.testing.assert_allclose(camera_centres(state.keyframes[1]["c2w"]), rep["depth"], atol=1e-5)  # server side
+    # keyframe 0 is locked: pressing it orbits instead; empty space orbits; neither moves keyframes
+    assert "locked" in rep["locked_msg"] and rep["kf0"] == [0, 0, 0] and rep["kf0_orbit"] != 0 and rep["orbit"] != 0
+    np.testing.assert_array_equal(state.keyframes[0]["c2w"], np.eye(4))
+    # alt+click on a cloud point: a new keyframe at the free camera looking at it
+    assert rep["keyframes"] == len(state.keyframes) == 3
+    assert np.abs(state.view_cloud.xyz - rep["look_at"]).max(axis=1).min() < 1e-3
+    np.testing.assert_allclose(state.keyframes[2]["c2w"], look_at(state.camera[:3, 3], rep["look_at"]), atol=1e-9)

@@ -2,7 +2,9 @@
 
 A tiny self-contained web app (standard library ``http.server``, loopback only, no network, no WebGL, no
 external scripts): the page shows the image's metric point cloud in a 3D view drawn on a 2D canvas (drag to
-orbit, wheel to zoom) with the keyframe cameras and the interpolated path, the splatted view of the current
+orbit, wheel to zoom) with the keyframe cameras and the interpolated path (drag a keyframe's frustum to
+move it in the view plane, shift+drag or wheel while dragging to move it along the view direction, alt/ctrl+click
+a point to add a keyframe at the current camera looking at it), the splatted view of the current
 camera (moved with buttons or keys W/S A/D R/F Q/E T/G), the keyframe list, a preview player and the
 RealEstate10K export. All scene work (depth, splatting, SE(3) interpolation, export) is done server side by
 :class:`EditorState`, which is usable (and tested) without any GUI.
@@ -28,7 +30,16 @@ from PIL import Image
 from annotate.camera import camera_centres, to_4x4
 
 from .scene import PointCloud, point_cloud, render_preview, splat
-from .trajectory import Trajectory, keyframe_trajectory, make_pose, rot_x, rot_y, to_camera_trajectory, write_re10k
+from .trajectory import (
+    Trajectory,
+    keyframe_trajectory,
+    look_at,
+    make_pose,
+    rot_x,
+    rot_y,
+    to_camera_trajectory,
+    write_re10k,
+)
 
 log = logging.getLogger("realcam.editor")
 
@@ -57,6 +68,7 @@ class EditorState:
         self.export_path = Path(export_path) if export_path else None
         self._lock = threading.RLock()
         self._preview: np.ndarray | None = None
+        self.selftest_report: dict | None = None  # what the page's ?selftest=drag run posted
 
     # -------------------------------------------------------------------------------- keyframes
     def _changed(self) -> None:
@@ -73,6 +85,11 @@ class EditorState:
             self.keyframes.sort(key=lambda k: k["t"])
             self._changed()
             return next(i for i, k in enumerate(self.keyframes) if k["t"] == t)
+
+    def add_keyframe_looking_at(self, point, t: float | None = None) -> int:
+        """Add a keyframe at the free camera's position turned to look at the world `point`."""
+        with self._lock:
+            return self.add_keyframe(look_at(self.camera[:3, 3], point), t)
 
     def update_keyframe(self, index: int, c2w: np.ndarray | None = None, t: float | None = None) -> None:
         with self._lock:
@@ -233,6 +250,8 @@ def make_handler(state: EditorState):
                     self._send(state.re10k_text().encode(), "text/plain; charset=utf-8")
                 elif path == "/api/keyframes.json":
                     self._json(state.keyframes_json())
+                elif path == "/api/selftest":
+                    self._json(state.selftest_report or {})
                 else:
                     self._json({"error": "not found"}, 404)
             except (ValueError, IndexError) as e:
@@ -251,7 +270,9 @@ def make_handler(state: EditorState):
                 elif path == "/api/keyframes":
                     op = body.get("op")
                     c2w = np.asarray(body["c2w"], np.float64) if "c2w" in body else None
-                    if op == "add":
+                    if op == "add" and "look_at" in body:
+                        state.add_keyframe_looking_at(np.asarray(body["look_at"], np.float64), body.get("t"))
+                    elif op == "add":
                         state.add_keyframe(c2w, body.get("t"))
                     elif op == "update":
                         state.update_keyframe(int(body["index"]), c2w, body.get("t"))
@@ -265,6 +286,8 @@ def make_handler(state: EditorState):
                         raise ValueError(f"unknown op {op!r}")
                 elif path == "/api/settings":
                     state.settings(body.get("frames"), body.get("loop"), body.get("ease"))
+                elif path == "/api/selftest":
+                    state.selftest_report = dict(body)
                 elif path == "/api/export":
                     out = state.export(body.get("path"))
                     return self._json({"path": str(out), "text": state.re10k_text()})
@@ -292,7 +315,7 @@ PAGE = r"""<!doctype html>
 <style>
 body{font:13px sans-serif;margin:0;background:#1e1f24;color:#ddd;display:flex;height:100vh}
 #left{flex:1;display:flex;flex-direction:column;min-width:0}
-#view3d{flex:1;background:#111;cursor:grab;width:100%}
+#view3d{flex:1;background:#111;cursor:grab;width:100%;touch-action:none}
 #side{width:330px;padding:8px;overflow:auto;background:#26282f}
 h3{margin:6px 0}.row{margin:4px 0}
 button{background:#3a3d47;color:#eee;border:1px solid #555;border-radius:3px;padding:3px 6px;margin:1px;cursor:pointer}
@@ -301,7 +324,8 @@ img.v{width:100%;image-rendering:pixelated;background:#000;border:1px solid #444
 textarea{width:100%;height:70px;background:#111;color:#ccc;font:10px monospace}
 </style></head><body>
 <div id="left"><canvas id="view3d"></canvas>
-<div class="row" style="padding:4px">drag: orbit view, wheel: zoom | keys: W/S forward/back, A/D left/right,
+<div class="row" style="padding:4px">drag: orbit view, wheel: zoom, drag a keyframe: move it (shift/wheel: depth),
+alt/ctrl+click a point: keyframe looking at it | keys: W/S forward/back, A/D left/right,
     R/F up/down,
 Q/E turn, T/G tilt | <span id="status" data-ready="0">loading...</span></div></div>
 <div id="side">
@@ -356,6 +380,10 @@ function viewBasis(){const ca=Math.cos(view.az), sa=Math.sin(view.az), ce=Math.c
   let x=[-z[2], 0, z[0]]; const nx=Math.hypot(...x)||1; x=x.map(v=>v/nx);   // cross(down, z)
   const y=[z[1]*x[2]-z[2]*x[1], z[2]*x[0]-z[0]*x[2], z[0]*x[1]-z[1]*x[0]];
   return {eye,x,y,z};}
+const centre=c2w=>[c2w[0][3],c2w[1][3],c2w[2][3]];
+// inverse of project() for a point at depth zc: a screen delta (du,dv) in pixels is (du,dv)*zc/f metres along the
+// view's x and y axes (so the point stays under the pointer); dz metres along the view direction z
+function viewDelta(B,f,zc,du,dv,dz){return [0,1,2].map(r=>(du*B.x[r]+dv*B.y[r])*zc/f+dz*B.z[r]);}
 function project(B,p,f,cx,cy){const d=[p[0]-B.eye[0],p[1]-B.eye[1],p[2]-B.eye[2]];
   const zc=d[0]*B.z[0]+d[1]*B.z[1]+d[2]*B.z[2]; if(zc<0.05) return null;
   return [cx+f*(d[0]*B.x[0]+d[1]*B.x[1]+d[2]*B.x[2])/zc, cy+f*(d[0]*B.y[0]+d[1]*B.y[1]+d[2]*B.y[2])/zc, zc];}
@@ -372,7 +400,7 @@ function draw(){
   const B=viewBasis(), f=0.9*Math.max(w,h), cx=w/2, cy=h/2, n=P.xyz.length/3, proj=[];
   for(let i=0;i<n;i++){const q=project(B,[P.xyz[3*i],P.xyz[3*i+1],P.xyz[3*i+2]],f,cx,cy);
     if(q) proj.push([q[2],q[0],q[1],i]);}
-  proj.sort((a,b)=>b[0]-a[0]);
+  proj.sort((a,b)=>b[0]-a[0]); cam3d={B,f,cx,cy,proj};
   for(const [zc,u,v,i] of proj){ctx.fillStyle=`rgb(${P.rgb[3*i]},${P.rgb[3*i+1]},${P.rgb[3*i+2]})`;
     const s=Math.max(1.5, Math.min(6, 0.04*f/zc)); ctx.fillRect(u-s/2,v-s/2,s,s);}
   ctx.strokeStyle='#f0f'; ctx.lineWidth=2; ctx.beginPath(); let first=true;
@@ -383,10 +411,34 @@ function draw(){
   drawCam(B,S.camera,'#3cf',f,cx,cy,0.3);
   document.getElementById('status').dataset.ready='1';
 }
-let drag=null; cv.onmousedown=e=>{drag=[e.clientX,e.clientY]}; window.onmouseup=()=>{drag=null};
-window.onmousemove=e=>{if(!drag)return; view.az+=(e.clientX-drag[0])*0.01;
-    view.el=Math.max(-1.5,Math.min(1.5,view.el+(e.clientY-drag[1])*0.01)); drag=[e.clientX,e.clientY]; draw();};
-cv.onwheel=e=>{e.preventDefault(); view.dist*=Math.exp(e.deltaY*0.001); draw();};
+// pointer: press on a keyframe (nearest projected centre within 12 px) drags it, elsewhere orbits the view
+let drag=null, cam3d=null, pending=Promise.resolve(), lastPick=null;
+function pickKeyframe(u,v){let best=-1, bd=12; if(!cam3d) return -1; const {B,f,cx,cy}=cam3d;
+  S.keyframes.forEach((k,i)=>{const q=project(B,centre(k.c2w),f,cx,cy);
+    if(q&&Math.hypot(q[0]-u,q[1]-v)<bd){bd=Math.hypot(q[0]-u,q[1]-v); best=i;}}); return best;}
+function nudgeKeyframe(du,dv,dz){const c=S.keyframes[drag.kf].c2w, {B,f}=cam3d;
+  const zc=(c[0][3]-B.eye[0])*B.z[0]+(c[1][3]-B.eye[1])*B.z[1]+(c[2][3]-B.eye[2])*B.z[2];
+  viewDelta(B,f,zc,du,dv,dz*zc).forEach((d,r)=>{c[r][3]+=d;}); drag.moved=true; draw();}
+async function dropKeyframe(kf){const j=await api('/api/keyframes',{op:'update',index:kf,c2w:S.keyframes[kf].c2w});
+  setState(j.error?await api('/api/state'):j); refreshPreview();}
+async function addLookingAt(u,v){let best=null, bd=12; for(const [zc,pu,pv,i] of cam3d.proj){
+    const d=Math.hypot(pu-u,pv-v); if(d<bd){bd=d; best=i;}}
+  if(best===null) return; lastPick=P.xyz.slice(3*best,3*best+3);
+  setState(await api('/api/keyframes',{op:'add',look_at:lastPick}));
+  refreshPreview();}
+cv.onpointerdown=e=>{if(!S||!cam3d) return; const r=cv.getBoundingClientRect(), u=e.clientX-r.left, v=e.clientY-r.top;
+  if(e.altKey||e.ctrlKey){pending=addLookingAt(u,v); return;}
+  const kf=pickKeyframe(u,v);
+  if(kf===0) document.getElementById('status').textContent="keyframe 0 is the image's camera: locked";
+  drag={kf:kf>0?kf:-1, x:e.clientX, y:e.clientY, moved:false};};
+window.onpointerup=()=>{if(drag&&drag.kf>0&&drag.moved) pending=dropKeyframe(drag.kf); drag=null;};
+window.onpointermove=e=>{if(!drag)return; const du=e.clientX-drag.x, dv=e.clientY-drag.y; drag.x=e.clientX;
+  drag.y=e.clientY;
+  if(drag.kf>0){if(e.shiftKey) nudgeKeyframe(0,0,-dv/cam3d.f); else nudgeKeyframe(du,dv,0); return;}
+  view.az+=du*0.01; view.el=Math.max(-1.5,Math.min(1.5,view.el+dv*0.01)); draw();};
+cv.onwheel=e=>{e.preventDefault(); if(drag&&drag.kf>0) nudgeKeyframe(0,0,-e.deltaY*0.001);
+  else {view.dist*=Math.exp(e.deltaY*0.001); draw();}};
+function refreshPreview(){document.getElementById('preview').src=`/api/preview/${S.frames-1}.png?`+Date.now();}
 async function move(a){const step=parseFloat(document.getElementById('step').value)||0.1;
   setState(await api('/api/camera',{action:a, step:step})); refreshView();}
 document.querySelectorAll('button[data-a]').forEach(b=>b.onclick=()=>move(b.dataset.a));
@@ -410,7 +462,25 @@ window.onresize=draw;
   const t=S.path.length?S.path:[[0,0,0]]; let mz=0; for(let i=2;i<P.xyz.length;i+=3) mz+=P.xyz[i];
     mz/=Math.max(1,P.xyz.length/3);
   view.target=[0,0,mz*0.6]; view.dist=Math.max(2,mz*1.2); draw(); refreshView();
-  document.getElementById('preview').src='/api/preview/0.png';})();
+  document.getElementById('preview').src='/api/preview/0.png';
+  if(new URLSearchParams(location.search).get('selftest')==='drag') await selftestDrag();})();
+// ?selftest=drag (used by the tests): drive the real pointer handlers with synthetic events, post what happened
+async function selftestDrag(){const st=document.getElementById('status');
+  const fire=(type,u,v,o)=>{const r=cv.getBoundingClientRect();
+    cv.dispatchEvent(new PointerEvent(type,{clientX:r.left+u,clientY:r.top+v,bubbles:true,...o}));};
+  const dragBy=async(q,du,dv,o)=>{fire('pointerdown',q[0],q[1],o); fire('pointermove',q[0]+du/2,q[1]+dv/2,o);
+    fire('pointermove',q[0]+du,q[1]+dv,o); fire('pointerup',q[0]+du,q[1]+dv,o); await pending;};
+  const {B,f,cx,cy}=cam3d, at=i=>project(B,centre(S.keyframes[i].c2w),f,cx,cy);
+  const rep={cam:{eye:B.eye,x:B.x,y:B.y,z:B.z,f,cx,cy}, start:at(1), d:[30,-20], dz:-40};
+  await dragBy(rep.start,30,-20); rep.plane=centre(S.keyframes[1].c2w);
+  await dragBy(at(1),0,-40,{shiftKey:true}); rep.depth=centre(S.keyframes[1].c2w);
+  const az=view.az; fire('pointerdown',...at(0)); rep.locked_msg=st.textContent;
+  fire('pointermove',at(0)[0]+25,at(0)[1]); fire('pointerup',0,0); await pending;
+  rep.kf0=centre(S.keyframes[0].c2w); rep.kf0_orbit=view.az-az;
+  const az2=view.az; await dragBy([5,5],-20,0); rep.orbit=view.az-az2;
+  const p=cam3d.proj[cam3d.proj.length>>1]; fire('pointerdown',p[1],p[2],{altKey:true}); fire('pointerup',p[1],p[2]);
+  await pending; rep.look_at=lastPick; rep.keyframes=S.keyframes.length;
+  await api('/api/selftest',rep); st.dataset.selftest='done';}
 </script></body></html>
 """
 
