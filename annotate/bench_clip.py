@@ -12,7 +12,6 @@ SIFT feature count and matching overlap maps the speed/accuracy trade-off.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sqlite3
 import subprocess
@@ -27,6 +26,7 @@ from PIL import Image
 
 from annotate.camera import rotmat_to_quat
 from annotate.depth import PrecomputedDepth, depth_at_keypoints
+from annotate.files import write_json
 from annotate.re10k import read_camera_file
 from annotate.scale import clip_statistics, frame_scales, point_ratios
 from annotate.synth import SynthConfig, generate, load_ground_truth, read_manifest_rows
@@ -177,9 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
             result["sweep"].append(r)
             print(f"  {s}: {r['total_s']:.1f} s, scale error {r['scale_error']:.4%}, "
                   f"frame error {r['frame_scale_median_error']:.4%}, {r['num_points']} points")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {a.out}")
+    print(f"wrote {write_json(a.out, result)}")
     return result
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from annotate.files import write_json
+
 
 def bench(sample: str | os.PathLike = "data/sample", json_path: str | os.PathLike | None = None,
           num_cpus: int | None = 2, clips: int = 8, frames: int = 28, overrides: list[str] | None = None) -> dict:
@@ -61,8 +63,7 @@ def bench(sample: str | os.PathLike = "data/sample", json_path: str | os.PathLik
                 "worker_seconds_*) grow with the machine's load, cpu_seconds_* hardly do",
     }
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=1) + "\n")
+        write_json(json_path, result)
     return result
 
 

@@ -14,6 +14,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from annotate.files import atomic_write_text
+
 REQUIRED = ("clip_id", "split", "pose_path", "video_path")
 OPTIONAL = ("depth_path",)
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -95,18 +97,17 @@ def load(path: str | os.PathLike) -> list[dict]:
 def write_manifest(rows: list[dict], path: str | os.PathLike, columns: tuple[str, ...] = REQUIRED + OPTIONAL) -> None:
     """CSV, or Parquet when the suffix is ``.parquet``; atomic (temp file beside it, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    if path.suffix.lower() == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        table = pa.table({c: pa.array([str(r.get(c, "")) for r in rows], pa.string()) for c in columns})
-        pq.write_table(table, tmp)
-    else:
+    if path.suffix.lower() != ".parquet":
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-        tmp.write_text(buf.getvalue())
+        atomic_write_text(path, buf.getvalue())
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    pq.write_table(pa.table({c: pa.array([str(r.get(c, "")) for r in rows], pa.string()) for c in columns}), tmp)
     os.replace(tmp, path)

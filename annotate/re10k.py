@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from annotate.camera import orthonormality_error
+from annotate.files import atomic_write_text
 
 NUM_COLUMNS = 19
 DEFAULT_ROTATION_TOL = 1e-3
@@ -108,13 +109,6 @@ def format_camera_text(traj: CameraTrajectory) -> str:
         nums = list(intr) + [0.0, 0.0] + list(w2c)
         out.append(f"{int(ts)} " + " ".join(f"{v:.9f}" for v in nums))
     return "\n".join(out) + "\n"
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_camera_file(path: str | os.PathLike, traj: CameraTrajectory) -> None:

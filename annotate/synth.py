@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from annotate.camera import c2w_to_w2c, interpolate_poses, relative_to, to_4x4, w2c_to_c2w
-from annotate.re10k import CameraTrajectory, atomic_write_text, read_camera_file, write_camera_file
+from annotate.files import atomic_write_text
+from annotate.re10k import CameraTrajectory, read_camera_file, write_camera_file
 from annotate.video import write_video
 
 log = logging.getLogger("realcam")

@@ -12,13 +12,13 @@ frames x h x w per sample) implied for training.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
+from annotate.files import write_json
 from train.dynamicrafter.config import load_config
 from train.dynamicrafter.unet import UNetModel
 
@@ -113,9 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["runs"][name] = r
         print(f"{a.preset} UNet on {device} {name}: forward {r['forward_s']:.2f} s, backward {r['backward_s']:.2f} s, "
               f"peak {r['peak_memory_mb']:.0f} MB, {r['train_tokens_per_s']:.0f} tokens/s")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {a.out}")
+    print(f"wrote {write_json(a.out, result)}")
     return result
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from annotate.files import write_json
 from train.bench_backbone import peak_rss_mb, reset_peak_rss
 from train.config import load_train_config
 from train.trainer import Trainer
@@ -69,9 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         result[name] = r
         print(f"{name}: {r['samples_per_s_median']:.2f} samples/s (median of {r['steps_timed']} steps), "
               f"peak {r['peak_memory_mb']:.0f} MB")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {a.out}")
+    print(f"wrote {write_json(a.out, result)}")
     return result
 
 

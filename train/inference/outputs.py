@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from annotate.re10k import atomic_write_text
+from annotate.files import atomic_write_text
 from annotate.video import write_video
 
 from .trajectory import Trajectory, write_re10k
