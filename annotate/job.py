@@ -176,6 +176,8 @@ def build_dataset(rows: list[dict], cfg: JobConfig):
     ctx.max_errored_blocks = -1  # a block Ray gave up on = one clip; reconciliation gives it a failed row
     ctx.enable_progress_bars = False  # ours is clip-level
     ctx.print_on_execution_start = False
+    if not log.isEnabledFor(logging.INFO):  # Ray Data's own progress/notice lines; ours are clip-level
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     rc = cfg.ray
     clip_cfg = copy.deepcopy(cfg.clip)
     if clip_cfg.sfm.num_threads == -1:  # not all cores: as many as the task reserved
