@@ -27,6 +27,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
+from annotate.camera import c2w_to_w2c, intrinsics_to_normalized
 from annotate.config import ConfigError, dump_yaml
 
 from .camera import CameraControlledUNet, CameraPlugin, count_parameters
@@ -496,8 +497,8 @@ class Trainer:
         frames = ((both.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
         name = sample["clip_id"]
         write_video(folder / f"{name}.mp4", frames, fps=8)
-        intr_norm = sample["intrinsics"].double().numpy() / np.array([w, h, w, h])
-        w2c = np.linalg.inv(sample["c2w"].double().numpy())[:, :3, :]
+        intr_norm = intrinsics_to_normalized(sample["intrinsics"].double().numpy(), w, h)
+        w2c = c2w_to_w2c(sample["c2w"].double().numpy())[:, :3, :]
         stamps = sample["frame_indices"].numpy().astype(np.int64)
         write_camera_file(folder / f"{name}_camera.txt", CameraTrajectory(f"clip://{name}", stamps, intr_norm, w2c))
 
