@@ -247,6 +247,7 @@ class Summary:
     thresholds: Thresholds | None = None
     shards: list = field(default_factory=list)
     unknown_ids: int = 0  # rows of clips not in the current input manifest
+    export_filled_frames: int = 0  # ok clips' frames without a scale, given the clip's scale in export/
 
 
 def finalize(out: str | os.PathLike, quantile: float, meta: dict | None = None, run: dict | None = None,
@@ -276,7 +277,7 @@ def finalize(out: str | os.PathLike, quantile: float, meta: dict | None = None, 
             path.unlink()  # every row superseded by a later shard
             log.info("removed %s (all rows superseded)", path)
             continue
-        sc = t.select(["clip_id", "split", "status", "error", "scale_min", "scale_max"]).to_pylist()
+        sc = t.select(["clip_id", "split", "status", "error", "scale", "scale_min", "scale_max"]).to_pylist()
         reasons = [th.reason(r["status"], r["scale_max"], r["scale_min"]) for r in sc]
         t = t.set_column(t.schema.get_field_index("keep"), "keep", pa.array([not x for x in reasons], pa.bool_()))
         t = t.set_column(t.schema.get_field_index("filter_reason"), "filter_reason", pa.array(reasons, pa.string()))
@@ -291,7 +292,13 @@ def finalize(out: str | os.PathLike, quantile: float, meta: dict | None = None, 
             s.by_split[split] = s.by_split.get(split, 0) + 1
             s.by_status[r["status"]] = s.by_status.get(r["status"], 0) + 1
             if r["status"] == "ok":
-                scales.setdefault(split, {})[r["clip_id"]] = np.array(f, np.float32)
+                # the export fills frames without a scale with the clip's scale (the authors' loader indexes
+                # it without a NaN check); the Parquet keeps the NaN
+                a = np.array(f, np.float32)
+                bad = ~np.isfinite(a)
+                s.export_filled_frames += int(bad.sum())
+                a[bad] = np.float32(r["scale"])
+                scales.setdefault(split, {})[r["clip_id"]] = a
             else:
                 s.failure_reasons[error_kind(r["error"])] = s.failure_reasons.get(error_kind(r["error"]), 0) + 1
             if not reason:
@@ -355,6 +362,7 @@ def write_manifest_json(out: Path, s: Summary, meta: dict, run: dict | None) -> 
           "shards": s.shards,
           "exports": {sp: {"per_frame_scale": f"{EXPORT_DIR}/{sp}_per_frame_scale.npz",
                            "valid_list": f"{EXPORT_DIR}/{sp}_valid_list.txt"} for sp in sorted(s.by_split)},
+          "export_filled_frames": s.export_filled_frames,
           "runs": runs}
     text = json.dumps(mj, indent=1, allow_nan=False, default=_json_default)
     atomic_write_bytes(out, out / MANIFEST_JSON, lambda tmp: tmp.write_text(text + "\n"))

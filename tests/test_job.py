@@ -121,16 +121,20 @@ def test_output_matches_contract(annotated_sample, annot_manifest, annot_sample)
     for s in mj["shards"]:
         assert output.sha256_file(out / s["path"]) == s["sha256"]
 
-    # RealCam-I2V exports
+    # RealCam-I2V exports: frames without a scale carry the clip's scale, counted in manifest.json
+    filled = 0
     for split in {r["split"] for r in rows.values()}:
         d = np.load(out / "export" / f"{split}_per_frame_scale.npz", allow_pickle=True)["arr_0"].item()
         ok_ids = {c for c, r in rows.items() if r["split"] == split and r["status"] == "ok"}
         assert set(d) == ok_ids
         for c, arr in d.items():
-            assert arr.dtype == np.float32
-            np.testing.assert_array_equal(arr, np.array(rows[c]["frame_scale"], np.float32))
+            assert arr.dtype == np.float32 and np.isfinite(arr).all()  # the authors' loader has no NaN check
+            fs = np.array(rows[c]["frame_scale"], np.float32)
+            filled += int(np.isnan(fs).sum())
+            np.testing.assert_array_equal(arr, np.where(np.isnan(fs), np.float32(rows[c]["scale"]), fs))
         listed = (out / "export" / f"{split}_valid_list.txt").read_text().split()
         assert sorted(listed) == sorted(c for c, r in rows.items() if r["split"] == split and r["keep"])
+    assert mj["export_filled_frames"] == filled
 
 
 def test_bad_clips_become_failed_rows(annotated_sample):
