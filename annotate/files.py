@@ -13,8 +13,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:  # a failed write (disk full, target is a directory) leaves no temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
