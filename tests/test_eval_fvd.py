@@ -182,8 +182,8 @@ def test_load_i3d_strict_and_clear_errors(tmp_path, i3d_random):
     torch.save({k: v for k, v in ref.state_dict().items() if "num_batches_tracked" not in k}, path)
     model = load_i3d(path)
     x = torch.rand(1, 3, 4, 32, 32) * 2 - 1
-    with torch.no_grad():
-        assert torch.equal(model(x), ref(x))
+    with torch.no_grad():  # a separately loaded model: equal up to float rounding (kernels may differ by CPU)
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)
     bad = dict(ref.state_dict())
     bad["Mixed_4c.b1b.conv.weight"] = bad.pop("Mixed_4c.b1b.conv3d.weight")
     torch.save(bad, tmp_path / "renamed.pt")
