@@ -76,9 +76,12 @@ def _fvd_config(a: argparse.Namespace):
 
 
 def cmd_camera_metrics(a: argparse.Namespace) -> int:
-    from eval.metrics import camera_metrics
+    from eval.metrics import camera_metrics, check_scale
     from eval.trajectory import load_camera
 
+    # refused before reading anything: a NaN/inf/negative/zero scale only yields null or absurd numbers
+    check_scale("--pred-scale", a.pred_scale)
+    check_scale("--gt-scale", a.gt_scale)
     pred, gt = load_camera(a.pred), load_camera(a.gt)
     if len(pred) != len(gt):
         raise ValueError(f"frame counts differ: {a.pred} has {len(pred)} poses, {a.gt} has {len(gt)}")

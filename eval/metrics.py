@@ -5,7 +5,8 @@ All inputs are camera-to-world poses ``[N, 3, 4]`` or ``[N, 4, 4]`` in the proje
 (``inv(c2w[0]) @ c2w[i]``), then sums a per-frame error over all N frames (frame 0 included, where it
 is 0 for the rotation part by construction):
 
-- ``RotErr``: sum of the geodesic angle ``acos(clamp((tr(R1^T R2) - 1) / 2))`` in radians;
+- ``RotErr``: sum of the geodesic angle of ``R1^T R2`` in radians (the reference's
+  ``acos(clamp((tr(R1^T R2) - 1) / 2))``, computed stably: see Numerics);
 - ``TransErr``: sum of ``||t2 - t1||_2``;
 - ``CamMC``: sum of the Frobenius norm of the ``[R|t]`` (3x4) difference.
 
@@ -18,11 +19,13 @@ camera-translation norm of a reference trajectory plus ``1e-9``:
   translations multiplied by their metric scales), are divided by the ground truth's largest norm, so a
   wrong metric scale of the prediction shows up as an error.
 
-Numerics: ``acos`` near 1 amplifies rounding. RealEstate10K rotations are orthonormal only to ~1e-8
-(float32 origin, 9 decimals), so two *identical* such trajectories give ~1.5e-4 rad per frame (up to
-3e-3 summed over 16 frames) instead of 0; for rotations that really differ by ``theta`` the bias is
-~1e-8 / theta, i.e. negligible. The reference's formula has the same floor and is kept for parity.
-Exactly orthonormal rotations give ~1e-8 per frame.
+Numerics: ``acos`` near 1 amplifies rounding (RealEstate10K rotations, orthonormal only to ~1e-8,
+gave ~1.5e-4 rad per frame for two *identical* trajectories with the reference's
+``acos((tr - 1) / 2)``). ``RotErr`` therefore takes the same geodesic angle as
+``atan2(|vee(M - M^T)| / 2, (tr M - 1) / 2)`` of ``M = R_gt^T R_pred``: equal to the acos formula for
+rotations (to ~1e-8 / theta for the files' non-orthonormality), well conditioned at 0 and pi, and
+exactly 0 for identical rotations (``M`` is then exactly symmetric). :func:`eval.trajectory.load_camera`
+also projects every rotation onto the nearest orthonormal one when it reads a camera file.
 
 The argument order follows the reference's ``metric(c2w_gt, c2w_pred)`` only in name: every metric
 here is symmetric except the absolute ones, which normalise by the ground truth.
@@ -30,11 +33,12 @@ here is symmetric except the absolute ones, which normalise by the ground truth.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from annotate.camera import camera_centres, relative_to, rotation_angle, scale_translation, to_4x4
+from annotate.camera import camera_centres, relative_to, scale_translation, to_4x4
 
 NORM_EPS = 1e-9
 METRIC_NAMES = ("RotErr", "TransErr_rel", "CamMC_rel", "TransErr_abs", "CamMC_abs")
@@ -75,10 +79,32 @@ def normalize_translation(c2w: np.ndarray, ref: np.ndarray | None = None, eps: f
     return scale_translation(c2w, 1.0 / (max_translation_norm(ref) + eps))
 
 
+def check_scale(name: str, value: float) -> float:
+    """A metric scale (metres per unit) must be a finite positive number; raises ValueError naming it."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a finite number > 0 (metres per unit), got {value!r}")
+    return v
+
+
+def geodesic_angle(r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
+    """Angle (radians) of ``R1^T R2`` as ``atan2(sin, cos)``: the geodesic angle for rotations, and exactly
+    0 for identical inputs, where ``acos((tr - 1) / 2)`` gives ~1e-4 for 9-decimal rotations."""
+    r1, r2 = np.asarray(r1, np.float64), np.asarray(r2, np.float64)
+    # Elementwise sum over k in one fixed order: m[i, j] and m[j, i] are the same sum when r1 == r2.
+    m = (r1[..., :, :, None] * r2[..., :, None, :]).sum(axis=-3)
+    vee = np.stack([m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1)
+    cos = (m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2] - 1.0) / 2.0
+    return np.arctan2(np.linalg.norm(vee, axis=-1) / 2.0, cos)
+
+
 def rot_err(pred_c2w: np.ndarray, gt_c2w: np.ndarray) -> float:
     """Sum over frames of the geodesic rotation angle (radians); poses are used as given."""
     pred, gt = _check_pair(pred_c2w, gt_c2w)
-    return float(rotation_angle(gt[:, :3, :3], pred[:, :3, :3]).sum())
+    return float(geodesic_angle(gt[:, :3, :3], pred[:, :3, :3]).sum())
 
 
 def trans_err(pred_c2w: np.ndarray, gt_c2w: np.ndarray) -> float:

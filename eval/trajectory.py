@@ -9,6 +9,9 @@ Two layouts are accepted, told apart by the first line:
 
 Both give a :class:`GroundTruthCamera` with c2w poses and intrinsics; ``intrinsics_normalized`` says
 whether the intrinsics still need the frame size (:func:`GroundTruthCamera.intrinsics_px`).
+
+Rotations in these files are orthonormal only to ~1e-8 (9 decimals); after the tolerance check each is
+replaced by its nearest rotation (polar decomposition), so the metrics see true rotations.
 """
 
 from __future__ import annotations
@@ -47,6 +50,20 @@ class GroundTruthCamera:
         return self.intrinsics.copy()
 
 
+def nearest_rotation(rot: np.ndarray) -> np.ndarray:
+    """The rotation closest in Frobenius norm to each ``[..., 3, 3]`` matrix (polar factor ``U V^T``)."""
+    u, _, vt = np.linalg.svd(np.asarray(rot, np.float64))
+    d = np.sign(np.linalg.det(u @ vt))  # already checked to be near a rotation: d is +1; kept for safety
+    u[..., :, 2] *= d[..., None]
+    return u @ vt
+
+
+def _orthonormalized(w2c: np.ndarray) -> np.ndarray:
+    out = np.array(w2c, np.float64, copy=True)
+    out[..., :3, :3] = nearest_rotation(out[..., :3, :3])
+    return out
+
+
 def _read_camera_data(path: Path, text: str, rotation_tol: float) -> GroundTruthCamera:
     rows = []
     for n, line in enumerate(text.splitlines(), start=1):
@@ -71,7 +88,8 @@ def _read_camera_data(path: Path, text: str, rotation_tol: float) -> GroundTruth
     arr = np.array(rows, np.float64)
     intr = arr[:, :4].copy()
     # The reference asserts pixel intrinsics (fx, fy > 10) in this layout; tolerate normalised ones.
-    return GroundTruthCamera(str(path), arr[:, 6:].reshape(-1, 3, 4).copy(), intr, bool(np.all(intr[:, :2] < 10)))
+    return GroundTruthCamera(str(path), _orthonormalized(arr[:, 6:].reshape(-1, 3, 4)), intr,
+                             bool(np.all(intr[:, :2] < 10)))
 
 
 def load_camera(path: str | os.PathLike, rotation_tol: float = DEFAULT_ROTATION_TOL) -> GroundTruthCamera:
@@ -90,4 +108,4 @@ def load_camera(path: str | os.PathLike, rotation_tol: float = DEFAULT_ROTATION_
     if numeric_first and len(first.split()) == CAMERA_DATA_COLUMNS:
         return _read_camera_data(path, text, rotation_tol)
     traj = read_camera_file(path, rotation_tol)
-    return GroundTruthCamera(str(path), traj.w2c, traj.intrinsics, True)
+    return GroundTruthCamera(str(path), _orthonormalized(traj.w2c), traj.intrinsics, True)

@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
-from annotate.camera import c2w_to_w2c, quat_to_rotmat, relative_to, w2c_to_c2w
+from annotate.camera import c2w_to_w2c, orthonormality_error, quat_to_rotmat, relative_to, w2c_to_c2w
 from annotate.re10k import read_camera_file
 from eval.cli import main
-from eval.metrics import METRIC_NAMES, absolute_metrics, camera_metrics, relative_metrics
+from eval.metrics import METRIC_NAMES, absolute_metrics, camera_metrics, geodesic_angle, relative_metrics, rot_err
 from eval.pose_estimation import aggregate_trials, summarize
 from eval.trajectory import load_camera
 
@@ -59,16 +59,22 @@ def test_fixtures_present():
 def test_identical_real_trajectories_give_zero(path):
     c2w = w2c_to_c2w(read_camera_file(path).w2c)
     m = camera_metrics(c2w, c2w.copy())
+    # RealEstate10K rotations are orthonormal only to ~1e-8 (float32 origin, 9 decimals); the reference's
+    # acos((tr - 1) / 2) turned that into ~1.5e-4 rad per frame (up to 2.9e-3 summed over these files).
+    # The atan2 form is exactly 0 for identical rotations, orthonormal or not.
+    assert m.RotErr == 0
     assert m.TransErr_rel == 0 and m.CamMC_rel == 0 and m.TransErr_abs == 0 and m.CamMC_abs == 0
-    # RealEstate10K rotations are orthonormal only to ~1e-8 (float32 origin, 9 decimals); acos near 1
-    # turns that into ~1.5e-4 rad per frame (measured up to 2.9e-3 summed over these 16-frame files).
-    assert m.RotErr < 5e-3
+    # Read through the evaluation's loader (rotations projected onto the nearest orthonormal ones).
+    cam = load_camera(path)
+    assert camera_metrics(cam.c2w, load_camera(path).c2w).RotErr == 0
+    assert orthonormality_error(cam.w2c[:, :, :3]).max() < 1e-14
+    assert np.abs(cam.w2c - read_camera_file(path).w2c).max() < 1e-7  # only the 9-decimal rounding moved
 
 
 def test_identical_exact_rotations_give_zero():
     c2w = random_c2w(np.random.default_rng(0), 16)
     m = camera_metrics(c2w, c2w.copy())
-    assert m.RotErr < 1e-6
+    assert m.RotErr == 0
     assert max(m.TransErr_rel, m.CamMC_rel, m.TransErr_abs, m.CamMC_abs) == 0
 
 
@@ -113,7 +119,13 @@ def test_rot_err_matches_independent_scipy_computation(a, b):
     expected = sum(Rotation.from_matrix(x.T @ y).magnitude() for x, y in zip(ra, rb))
     got = camera_metrics(ga, gb).RotErr
     assert got > 0.05
-    assert got == pytest.approx(expected, abs=5e-3)  # the acos floor of non-orthonormal rotations, see above
+    # No acos floor any more: agrees with scipy to the files' non-orthonormality (~1e-8 per frame), and
+    # exactly orthonormalised (load_camera) to rounding.
+    assert got == pytest.approx(expected, abs=1e-6)
+    oa, ob = (relative_to(load_camera(FIXTURES[i]).c2w, 0)[:, :3, :3] for i in (a, b))
+    exact = sum(Rotation.from_matrix(x.T @ y).magnitude() for x, y in zip(oa, ob))
+    assert rot_err(relative_to(load_camera(FIXTURES[b]).c2w, 0), relative_to(load_camera(FIXTURES[a]).c2w, 0)) \
+        == pytest.approx(exact, abs=1e-12)
     # Translation part, computed here from scratch.
     ta = np.einsum("ij,nj->ni", ga[0, :3, :3].T, ga[:, :3, 3] - ga[0, :3, 3])
     tb = np.einsum("ij,nj->ni", gb[0, :3, :3].T, gb[:, :3, 3] - gb[0, :3, 3])
@@ -176,7 +188,7 @@ def test_load_camera_reads_both_layouts(tmp_path):
     assert not cd.intrinsics_normalized and re.intrinsics_normalized
     np.testing.assert_allclose(cd.c2w, re.c2w, atol=1e-12)
     np.testing.assert_allclose(cd.intrinsics_px(w, h), re.intrinsics_px(w, h), atol=1e-9)
-    np.testing.assert_allclose(c2w_to_w2c(cd.c2w)[:, :3], traj.w2c, atol=1e-12)
+    np.testing.assert_allclose(c2w_to_w2c(cd.c2w)[:, :3], traj.w2c, atol=1e-7)  # orthonormalised on read
 
 
 def test_aggregate_pooled_ten_std_rule_and_failures():
@@ -224,4 +236,35 @@ def test_cli_subprocess_entry_point():
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["CamMC_rel"] == 0 and out["RotErr"] < 2e-3
+    assert out["CamMC_rel"] == 0 and out["RotErr"] == 0  # was 1.5e-3 with the acos formula (issue 12)
+
+
+@pytest.mark.parametrize("flag,value", [("--pred-scale", "nan"), ("--pred-scale", "inf"), ("--pred-scale", "-2"),
+                                        ("--gt-scale", "0"), ("--gt-scale", "-inf"), ("--pred-scale", "0")])
+def test_cli_refuses_bad_scales(flag, value, capsys):
+    a = str(FIXTURES[0])
+    assert main(["camera-metrics", a, a, f"{flag}={value}"]) == 2  # "=" form: "-inf" is not an option
+    cap = capsys.readouterr()
+    assert cap.out == ""  # no JSON with null or absurd numbers
+    err = cap.err.strip()
+    assert "\n" not in err and err.startswith(f"error: {flag} must be a finite number > 0") and value in err
+
+
+def test_cli_bad_scale_exit_status_subprocess():
+    r = subprocess.run([sys.executable, "-m", "eval", "camera-metrics", str(FIXTURES[1]), str(FIXTURES[1]),
+                        "--gt-scale", "0"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == ["error: --gt-scale must be a finite number > 0 (metres per unit), got 0.0"]
+
+
+def test_geodesic_angle_matches_acos_where_acos_is_well_conditioned():
+    rng = np.random.default_rng(3)
+    r1, r2 = quat_to_rotmat(rng.normal(size=(200, 4))), quat_to_rotmat(rng.normal(size=(200, 4)))
+    acos = np.arccos(np.clip((np.einsum("nji,nji->n", r1, r2) - 1) / 2, -1, 1))
+    ours = geodesic_angle(r1, r2)
+    ok = (acos > 1e-3) & (acos < np.pi - 1e-3)
+    np.testing.assert_allclose(ours[ok], acos[ok], atol=1e-10)
+    # Near 0 and pi, where acos loses digits: a known tiny angle is recovered.
+    for theta in (1e-9, 1e-6, np.pi - 1e-7):
+        got = geodesic_angle(np.eye(3), rz(np.degrees(theta)))
+        assert got == pytest.approx(theta, rel=1e-6)
