@@ -1,11 +1,17 @@
 """Build a clip manifest from a RealEstate10K download.
 
-    python -m annotate index RE10K_ROOT OUT_MANIFEST.csv   (or .parquet)
+    python -m annotate index RE10K_ROOT OUT_MANIFEST.csv [--min-frame-fraction 0.9]   (or .parquet)
 
 Camera files: ``ROOT/{split}/{clip}.txt`` or ``ROOT/RealEstate10K/{split}/{clip}.txt``.
 Frames, first match wins: ``ROOT/video_clips/{split}/{youtube_id}/{clip}.mp4`` (youtube_id from the camera
-file's URL line), ``ROOT/{split}/{clip}.mp4``, or a folder of images ``ROOT/{split}/{clip}/`` (both also under
-``ROOT/RealEstate10K/``). Optional precomputed depth: ``ROOT/depth/{split}/{clip}.npz``.
+file's URL line; what ``annotate extract`` writes), ``ROOT/frames/{split}/{clip}/`` (images named by
+timestamp in microseconds, matched to camera lines by value, or by index, sorted naturally),
+``ROOT/{split}/{clip}.mp4``, or a folder of images ``ROOT/{split}/{clip}/`` (all also under
+``ROOT/RealEstate10K/``). pixelSplat/MVSplat chunks ``ROOT/{split}/*.torch`` hold cameras and frames of
+many clips (see :mod:`annotate.layouts`). Optional precomputed depth in every layout:
+``ROOT/depth/{split}/{clip}.npz``.
+Camera files and frame lists that ``run`` needs but the download lacks (clips from chunks, clips whose frames
+cover only part of the camera lines) are written to ``OUT_MANIFEST.clips/{split}/``.
 Clips without frames are left out of the manifest and listed in ``OUT_MANIFEST.missing.txt``.
 Paths in the manifest are relative to its folder.
 """
@@ -19,8 +25,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from annotate.layouts import CHUNK_SUFFIX, iter_chunk_clips, match_frame_folder
 from annotate.manifest import write_manifest
-from annotate.re10k import youtube_id
+from annotate.re10k import write_camera_file, youtube_id
 from annotate.video import IMAGE_SUFFIXES
 
 log = logging.getLogger("realcam")
@@ -30,10 +37,19 @@ NOT_SPLITS = {"video_clips", "videos", "frames", "depth", "RealEstate10K"}
 
 
 @dataclass
+class IndexConfig:
+    # A clip whose frames cover only part of its camera lines is annotated on the covered lines when at
+    # least this fraction has frames; otherwise it becomes a failed row saying how many are missing.
+    min_frame_fraction: float = 0.9
+
+
+@dataclass
 class IndexResult:
     rows: list[dict] = field(default_factory=list)
     missing: list[dict] = field(default_factory=list)  # clip_id, split, pose_path (absolute)
     manifest: str = ""
+    partial: list[dict] = field(default_factory=list)  # clip_id, split, covered, lines, note
+    chunk_clips: int = 0
 
 
 def camera_dirs(root: Path) -> list[tuple[str, Path]]:
@@ -45,6 +61,16 @@ def camera_dirs(root: Path) -> list[tuple[str, Path]]:
         for d in sorted(base.iterdir()):
             if d.is_dir() and d.name not in NOT_SPLITS and any(d.glob("*.txt")):
                 found.append((d.name, d))
+    return found
+
+
+def chunk_dirs(root: Path) -> list[tuple[str, Path]]:
+    """(split, folder) for every folder of pixelSplat/MVSplat ``.torch`` chunks."""
+    found = []
+    for base in (root / "RealEstate10K", root):
+        if base.is_dir():
+            found += [(d.name, d) for d in sorted(base.iterdir())
+                      if d.is_dir() and d.name not in NOT_SPLITS and any(d.glob(f"*{CHUNK_SUFFIX}"))]
     return found
 
 
@@ -62,6 +88,7 @@ def find_frames(root: Path, split: str, clip: str, yt: str) -> Path | None:
         if yt:
             cands += [base / "video_clips" / split / yt / f"{clip}{s}" for s in VIDEO_SUFFIXES]
         cands += [base / "video_clips" / split / f"{clip}{s}" for s in VIDEO_SUFFIXES]
+        cands.append(base / "frames" / split / clip)
         cands += [base / split / f"{clip}{s}" for s in VIDEO_SUFFIXES]
         cands.append(base / split / clip)
     for c in cands:
@@ -72,34 +99,68 @@ def find_frames(root: Path, split: str, clip: str, yt: str) -> Path | None:
     return None
 
 
-def index(root: str | os.PathLike, out_manifest: str | os.PathLike, quiet: bool = False) -> IndexResult:
-    """Scan ``root``, write the manifest and its ``.missing.txt`` sidecar, print what was found (unless
-    ``quiet``); return the rows and the clips without frames."""
+def index(root: str | os.PathLike, out_manifest: str | os.PathLike, quiet: bool = False,
+          cfg: IndexConfig | None = None) -> IndexResult:
+    """Scan ``root``, write the manifest, its ``.missing.txt`` sidecar and (where needed) camera files and
+    frame lists under ``OUT_MANIFEST.clips/``; print what was found (unless ``quiet``)."""
+    cfg = cfg or IndexConfig()
+    if not 0 < cfg.min_frame_fraction <= 1:
+        raise ValueError(f"min_frame_fraction must be in (0, 1], got {cfg.min_frame_fraction}")
     root, out_manifest = Path(root), Path(out_manifest)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
     base = out_manifest.resolve().parent
+    side = out_manifest.with_name(out_manifest.name + ".clips")
     res = IndexResult(manifest=str(out_manifest))
     seen: dict[str, str] = {}
+
+    def rel(p: Path) -> str:
+        return os.path.relpath(p.resolve(), base)
+
+    def depth_of(split: str, clip: str) -> Path | None:
+        d = root / "depth" / split / f"{clip}.npz"
+        return d if d.is_file() else None
+
+    def first_time(clip: str, split: str) -> bool:
+        if clip in seen:  # the same clip in several layouts: the first (RealEstate10K/, then files) wins
+            if seen[clip] != split:
+                log.warning("clip %s is in splits %s and %s; keeping %s", clip, seen[clip], split, seen[clip])
+            return False
+        seen[clip] = split
+        return True
+
     for split, folder in camera_dirs(root):
         for cam in sorted(folder.glob("*.txt")):
             clip = cam.stem
-            if clip in seen:  # the same clip in both layouts: the first (RealEstate10K/) wins
-                if seen[clip] != split:
-                    log.warning("clip %s is in splits %s and %s; keeping %s", clip, seen[clip], split, seen[clip])
+            if not first_time(clip, split):
                 continue
-            seen[clip] = split
             frames = find_frames(root, split, clip, youtube_id(first_line(cam)))
             if frames is None:
                 res.missing.append({"clip_id": clip, "split": split, "pose_path": str(cam)})
                 continue
-            depth = root / "depth" / split / f"{clip}.npz"
-            res.rows.append({"clip_id": clip, "split": split, "pose_path": os.path.relpath(cam.resolve(), base),
-                             "video_path": os.path.relpath(frames.resolve(), base),
-                             "depth_path": os.path.relpath(depth.resolve(), base) if depth.is_file() else ""})
+            pose, depth = cam, depth_of(split, clip)
+            if frames.is_dir():
+                m = match_frame_folder(cam, frames, depth, side / split, cfg.min_frame_fraction)
+                pose, frames, depth = m.pose_path, m.video_path, m.depth_path
+                if m.note:
+                    res.partial.append({"clip_id": clip, "split": split, "covered": m.covered, "lines": m.lines,
+                                        "note": m.note})
+            res.rows.append({"clip_id": clip, "split": split, "pose_path": rel(pose), "video_path": rel(frames),
+                             "depth_path": rel(depth) if depth is not None else ""})
+    for split, folder in chunk_dirs(root):
+        for c in iter_chunk_clips(folder):
+            if not first_time(c.key, split):
+                continue
+            pose = side / split / f"{c.key}.txt"
+            write_camera_file(pose, c.trajectory)
+            depth = depth_of(split, c.key)
+            res.chunk_clips += 1
+            res.rows.append({"clip_id": c.key, "split": split, "pose_path": rel(pose),
+                             "video_path": f"{rel(c.chunk)}#{c.key}",
+                             "depth_path": rel(depth) if depth is not None else ""})
     write_manifest(res.rows, out_manifest)
-    side = out_manifest.with_name(out_manifest.name + ".missing.txt")
-    side.write_text("".join(f"{m['clip_id']}\t{m['split']}\t{m['pose_path']}\n" for m in res.missing))
+    missing_side = out_manifest.with_name(out_manifest.name + ".missing.txt")
+    missing_side.write_text("".join(f"{m['clip_id']}\t{m['split']}\t{m['pose_path']}\n" for m in res.missing))
     if not quiet:
         print_result(res)
     return res
@@ -109,7 +170,15 @@ def print_result(res: IndexResult) -> None:
     by_split: dict[str, int] = {}
     for r in res.rows:
         by_split[r["split"]] = by_split.get(r["split"], 0) + 1
-    print(f"wrote {res.manifest}: {len(res.rows)} clips ({', '.join(f'{k} {v}' for k, v in sorted(by_split.items()))})")
+    print(f"wrote {res.manifest}: {len(res.rows)} clips ({', '.join(f'{k} {v}' for k, v in sorted(by_split.items()))})"
+          + (f", {res.chunk_clips} from .torch chunks" if res.chunk_clips else ""))
+    short = [p for p in res.partial if p["note"] == "too few frames"]
+    if len(res.partial) > len(short):
+        print(f"{len(res.partial) - len(short)} clip(s) with frames for only part of their camera lines: "
+              "annotated on the covered lines")
+    for p in short[:20]:
+        print(f"  {p['split']}/{p['clip_id']}: only {p['covered']} of {p['lines']} camera lines have a frame "
+              "(will be a failed row)")
     if res.missing:
         print(f"{len(res.missing)} clip(s) without a video, not in the manifest (listed in "
               f"{res.manifest}.missing.txt):")
@@ -122,6 +191,9 @@ def print_result(res: IndexResult) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("root", help="RealEstate10K download (camera files and videos or frame folders)")
     p.add_argument("out_manifest", help="manifest to write (.csv, or .parquet)")
+    p.add_argument("--min-frame-fraction", type=float, default=IndexConfig.min_frame_fraction,
+                   help="annotate a clip whose frames cover only part of its camera lines on the covered lines "
+                        "when at least this fraction has frames (default %(default)s)")
     p.add_argument("-v", "--verbose", action="count", default=0)
 
 
@@ -130,7 +202,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     setup_logging(args.verbose)
     try:
-        index(args.root, args.out_manifest)
+        index(args.root, args.out_manifest, cfg=IndexConfig(min_frame_fraction=args.min_frame_fraction))
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

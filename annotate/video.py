@@ -1,8 +1,19 @@
-"""Frames in and out: videos through PyAV (FFmpeg) and image folders, shared by annotate, train and eval."""
+"""Frames in and out, shared by annotate, train and eval. A frame source is one of:
+
+* a video file (PyAV / FFmpeg), one frame per decoded picture;
+* a folder of images, in *natural* order (``2.png`` before ``10.png``; names that are timestamps in
+  microseconds sort by value, so a clip crossing 10 s or 100 s keeps its order);
+* a frame list ``*.frames`` (written by ``annotate index``): ``timestamp_us<TAB>image path`` per line, paths
+  relative to the list's folder, an empty path marking a camera line without a frame (reading fails then);
+* a clip inside a pixelSplat/MVSplat chunk, ``CHUNK.torch#CLIP_KEY`` (loaded with ``weights_only=True``
+  and memory-mapped, so only that clip's JPEG bytes are read).
+"""
 
 from __future__ import annotations
 
+import io
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,31 +28,120 @@ class VideoError(ValueError):
     """Unreadable or unsuitable frames; the message names the file."""
 
 
+FRAME_LIST_SUFFIX = ".frames"
+_CHUNK_REF = re.compile(r"^(?P<chunk>.+\.torch)#(?P<key>[^#/\\]+)$")
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders digit runs by value: ``2.png`` < ``10.png``, ``99966667.png`` < ``100000000.png``."""
+    return tuple((0, int(t), t) if t.isdigit() else (1, 0, t.lower()) for t in _DIGITS.split(name) if t)
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    """The images of a folder in natural order (never string order: see :func:`natural_key`)."""
+    return sorted((p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                  key=lambda p: natural_key(p.name))
+
+
+def chunk_ref(path: str | os.PathLike) -> tuple[Path, str] | None:
+    """``(chunk file, clip key)`` when ``path`` names a clip inside a ``.torch`` chunk, else None."""
+    m = _CHUNK_REF.match(str(path))
+    if m is None or Path(path).exists():
+        return None
+    return Path(m["chunk"]), m["key"]
+
+
+def load_chunk(path: str | os.PathLike) -> list[dict]:
+    """A pixelSplat/MVSplat chunk: a list of dicts of tensors and strings. ``weights_only=True`` refuses
+    anything but tensors and plain containers, so a downloaded chunk can never run code."""
+    import pickle
+
+    import torch
+
+    try:
+        try:
+            data = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
+        except RuntimeError as e:  # the legacy (non-zip) format cannot be memory-mapped
+            if "mmap" not in str(e):
+                raise
+            data = torch.load(path, weights_only=True, map_location="cpu")
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise VideoError(f"{path}: unreadable chunk ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(data, list) or not all(isinstance(c, dict) for c in data):
+        raise VideoError(f"{path}: not a pixelSplat chunk (expected a list of dicts, got {type(data).__name__})")
+    return data
+
+
+def read_frame_list(path: str | os.PathLike) -> list[tuple[int, Path | None]]:
+    """``(timestamp_us, image or None)`` per line of a ``.frames`` list."""
+    path = Path(path)
+    out = []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise VideoError(f"{path}: unreadable frame list ({e})") from None
+    for n, line in enumerate(lines, start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        stamp, _, rel = line.partition("\t")
+        try:
+            out.append((int(stamp), path.parent / rel if rel.strip() else None))
+        except ValueError:
+            raise VideoError(f"{path}:{n}: expected 'timestamp_us<TAB>path', got {line[:80]!r}") from None
+    return out
+
+
+def write_frame_list(path: str | os.PathLike, entries: list[tuple[int, Path | None]], note: str = "") -> None:
+    """Write a ``.frames`` list (paths stored relative to its folder), atomically."""
+    from annotate.files import atomic_write_text
+
+    path = Path(path)
+    base = path.parent.resolve()
+    head = "# realcam frame list: camera line timestamp (us) <TAB> image; empty = no frame for that line\n"
+    body = "".join(f"{int(t)}\t{os.path.relpath(Path(p).resolve(), base) if p is not None else ''}\n"
+                   for t, p in entries)
+    atomic_write_text(path, head + (f"# {note}\n" if note else "") + body)
+
+
+def _image(p: Path | io.BytesIO, name: str) -> np.ndarray:
+    try:
+        with Image.open(p) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as e:
+        raise VideoError(f"{name}: unreadable image ({e})") from None
 
 
 def count_frames(path: str | os.PathLike) -> int:
-    """Frames in a video (decoded, not the container's estimate) or images in a folder."""
+    """Frames in a video (decoded, not the container's estimate), a folder, a frame list or a chunk."""
     path = Path(path)
     if path.is_dir():
         return len(list_images(path))
+    if path.suffix == FRAME_LIST_SUFFIX:
+        return len(read_frame_list(path))
     return sum(1 for _ in iter_frames(path))
 
 
 def iter_frames(path: str | os.PathLike, indices: set[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(index, uint8 [H, W, 3])`` for every frame (or only ``indices``) of a video or image folder."""
+    ref = chunk_ref(path)
+    if ref is not None:
+        yield from _iter_chunk(*ref, indices)
+        return
     path = Path(path)
     if not path.exists():
         raise VideoError(f"{path}: no such file or folder")
-    if path.is_dir():
-        for i, p in enumerate(list_images(path)):
+    if path.is_dir() or path.suffix == FRAME_LIST_SUFFIX:
+        if path.is_dir():
+            images: list[Path | None] = list(list_images(path))
+        else:
+            images = [p for _, p in read_frame_list(path)]
+            gone = sum(p is None for p in images)
+            if gone:
+                raise VideoError(f"{path}: {gone} of {len(images)} camera lines have no frame")
+        for i, p in enumerate(images):
             if indices is None or i in indices:
-                try:
-                    with Image.open(p) as im:
-                        yield i, np.asarray(im.convert("RGB"))
-                except OSError as e:
-                    raise VideoError(f"{p}: unreadable image ({e})") from None
+                yield i, _image(p, str(p))
         return
     try:
         with av.open(str(path)) as container:
@@ -54,6 +154,18 @@ def iter_frames(path: str | os.PathLike, indices: set[int] | None = None) -> Ite
                     yield i, frame.to_ndarray(format="rgb24")
     except (av.error.FFmpegError, OSError) as e:
         raise VideoError(f"{path}: unreadable video ({e.__class__.__name__}: {e})") from None
+
+
+def _iter_chunk(chunk: Path, key: str, indices: set[int] | None) -> Iterator[tuple[int, np.ndarray]]:
+    if not chunk.is_file():
+        raise VideoError(f"{chunk}: no such chunk file (frames of clip {key})")
+    for clip in load_chunk(chunk):
+        if str(clip.get("key")) == key:
+            for i, img in enumerate(clip.get("images", [])):
+                if indices is None or i in indices:
+                    yield i, _image(io.BytesIO(img.numpy().tobytes()), f"{chunk}#{key} image {i}")
+            return
+    raise VideoError(f"{chunk}: no clip with key {key!r}")
 
 
 def read_frames(path: str | os.PathLike, indices: list[int] | None = None) -> np.ndarray:
