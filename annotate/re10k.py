@@ -2,7 +2,9 @@
 
 Line 1 is the video URL; every further line is ``timestamp_us fx fy cx cy 0 0`` followed by the 12
 numbers of a row-major 3x4 world-to-camera matrix (see :mod:`annotate.camera` for conventions).
-Every error names the file and the 1-based line.
+Every error names the file and the 1-based line. Intrinsics are checked here, before any frame is decoded:
+a focal length that is not positive or too large for a normalised value (pixel units), or a principal point
+far outside the image, makes the file malformed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from annotate.files import atomic_write_text
 
 NUM_COLUMNS = 19
 DEFAULT_ROTATION_TOL = 1e-3
+# Normalised intrinsics (fx, cx by width; fy, cy by height). A focal length above MAX_FOCAL is a field of view
+# under 3 degrees: almost surely pixel units. The principal point may lie at most PP_MARGIN image sizes outside
+# the image (RealEstate10K's is at the centre).
+MAX_FOCAL = 20.0
+PP_MARGIN = 0.5
 _YOUTUBE_ID = re.compile(r"(?:v=|youtu\.be/|/embed/|/shorts/)([A-Za-z0-9_-]{6,})")
 
 
@@ -53,6 +60,19 @@ def youtube_id(url: str) -> str:
     return m.group(1) if m else ""
 
 
+def _check_intrinsics(intr: list[float], path: str | os.PathLike, line: int) -> None:
+    for name, col, v in (("fx", 2, intr[0]), ("fy", 3, intr[1])):
+        if v <= 0:
+            raise CameraFileError(path, line, f"focal length {name} (column {col}) is {v:g}; it must be positive")
+        if v > MAX_FOCAL:
+            raise CameraFileError(path, line, f"focal length {name} (column {col}) is {v:g}, implausible for a "
+                                              f"normalised value (at most {MAX_FOCAL:g}; pixel units?)")
+    for name, col, v in (("cx", 4, intr[2]), ("cy", 5, intr[3])):
+        if not -PP_MARGIN <= v <= 1 + PP_MARGIN:
+            raise CameraFileError(path, line, f"principal point {name} (column {col}) is {v:g}, far outside the "
+                                              f"image (normalised: 0..1, allowed {-PP_MARGIN:g}..{1 + PP_MARGIN:g})")
+
+
 def parse_camera_text(text: str, path: str | os.PathLike = "<string>",
                       rotation_tol: float = DEFAULT_ROTATION_TOL) -> CameraTrajectory:
     lines = text.splitlines()
@@ -79,6 +99,7 @@ def parse_camera_text(text: str, path: str | os.PathLike = "<string>",
             if not math.isfinite(v):
                 raise CameraFileError(path, n, f"column {col} is not finite ({f})")
             vals.append(v)
+        _check_intrinsics(vals[:4], path, n)
         w2c = np.array(vals[6:], np.float64).reshape(3, 4)
         err = float(orthonormality_error(w2c[:, :3]))
         if err > rotation_tol:

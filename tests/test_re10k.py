@@ -106,3 +106,32 @@ def test_values_parsed_in_contract_order():
                                      ("https://youtu.be/-aldZQifF2U", "-aldZQifF2U"), ("not a url", "")])
 def test_youtube_id(url, vid):
     assert youtube_id(url) == vid
+
+
+@pytest.mark.parametrize("field,value,message", [
+    (1, "0", "focal length fx (column 2) is 0; it must be positive"),
+    (2, "-0.9", "focal length fy (column 3) is -0.9; it must be positive"),
+    (1, "612.5", "focal length fx (column 2) is 612.5, implausible for a normalised value"),
+    (3, "320", "principal point cx (column 4) is 320, far outside the image"),
+    (4, "-0.8", "principal point cy (column 5) is -0.8, far outside the image"),
+])
+def test_bad_intrinsics_name_file_and_line(tmp_path, field, value, message):
+    lines = _lines()
+    lines[5] = _replace_field(lines[5], field, value)
+    p = _write(tmp_path, lines)
+    with pytest.raises(CameraFileError) as e:
+        read_camera_file(p)
+    assert str(e.value).startswith(f"{p}:6: {message}") and e.value.line == 6
+
+
+def test_bad_intrinsics_fail_the_clip_before_its_video_is_read(tmp_path):
+    """The camera file is checked first: the clip fails on its focal length although its video is missing."""
+    from annotate.clip import ClipConfig, triangulate_stage
+
+    lines = _lines()
+    lines[2] = _replace_field(lines[2], 1, "0.000000000")
+    pose = _write(tmp_path, lines)
+    row = {"clip_id": "c", "split": "test", "pose_path": str(pose), "video_path": str(tmp_path / "absent.mp4")}
+    rec = triangulate_stage(row, ClipConfig())
+    assert rec["status"] == "failed"
+    assert rec["error"] == f"malformed camera file: {pose}:3: focal length fx (column 2) is 0; it must be positive"
