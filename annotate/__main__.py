@@ -1,4 +1,4 @@
-"""``python -m annotate {index,run,report,synth} ...``: the annotation stages from the command line."""
+"""``python -m annotate {fetch,extract,index,run,report,synth} ...``: the annotation stages from the command line."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ def main(argv: list[str] | None = None) -> int:
 
         synth.main(argv[1:])
         return 0
-    from annotate import index, job, report
+    from annotate import extract, index, job, report
 
     p = argparse.ArgumentParser(prog="python -m annotate",
                                 description="Absolute-scale camera annotation of RealEstate10K-style clips.")
     sub = p.add_subparsers(dest="cmd", required=True)
+    extract.add_arguments(sub.add_parser("extract", help="cut downloaded videos at the camera files' timestamps"))
     index.add_arguments(sub.add_parser("index", help="build a clip manifest from a RealEstate10K download"))
     job.add_arguments(sub.add_parser("run", help="annotate a clip manifest with Ray (resumable)"))
     report.add_arguments(sub.add_parser("report", help="counts, failure reasons and plots of an output folder"))
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.cmd == "index":
         return index.run_from_args(args)
+    if args.cmd == "extract":
+        return extract.run_from_args(args)
     if args.cmd == "run":
         return job.run_from_args(args)
     return report.run_from_args(args)
