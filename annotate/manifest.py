@@ -1,7 +1,8 @@
 """The input clip manifest (CSV or Parquet): reading, writing and validation before any work.
 
-Validation covers only what makes a run ill-defined: missing columns, empty / unsafe / duplicate clip ids,
-empty or unsafe splits (ids and splits become file names). Problems of one clip's files (missing, corrupt,
+Validation covers only what makes a run ill-defined: text that is not UTF-8, a column named twice, missing
+columns, empty / unsafe / duplicate clip ids, empty or unsafe splits (ids and splits become file names), a
+``depth_unit`` other than m/mm or without a ``depth_path``. Problems of one clip's files (missing, corrupt,
 malformed) are *not* validation errors: they become failed rows in the output (see :mod:`annotate.clip`).
 """
 
@@ -17,8 +18,10 @@ from pathlib import Path
 from annotate.files import atomic_write_text
 
 REQUIRED = ("clip_id", "split", "pose_path", "video_path")
-OPTIONAL = ("depth_path",)
+OPTIONAL = ("depth_path", "depth_unit")
+DEPTH_UNITS = ("m", "mm")  # depth_unit: what the numbers of an integer (or millimetre) depth file mean
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+_BAD_BYTE = re.compile("[\udc80-\udcff]")
 
 
 class ManifestError(ValueError):
@@ -42,17 +45,52 @@ def read_manifest(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
         if path.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
 
+            _refuse_repeated_columns(path, pq.read_schema(path).names)  # before pyarrow's own error
             table = pq.read_table(path)
             cols = list(table.column_names)
             rows = table.to_pylist()
         else:
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                cols = [c.strip() for c in (reader.fieldnames or [])]
-                rows = [{(k or "").strip(): v for k, v in r.items()} for r in reader]
+            cols, rows = _read_csv(path)
+            _refuse_repeated_columns(path, cols)
+    except ManifestError:
+        raise
     except (OSError, ValueError) as e:
         raise ManifestError(path, [f"cannot read the manifest ({e.__class__.__name__}: {e})"]) from None
     return [{k: _cell(v) for k, v in r.items() if k} for r in rows], cols
+
+
+def _refuse_repeated_columns(path: Path, cols: list[str]) -> None:
+    """A dict row keeps only the last of two equal column names: refuse rather than pick one silently."""
+    twice = sorted({c for c in cols if c and cols.count(c) > 1})
+    if twice:
+        raise ManifestError(path, [f"column {c!r} appears {cols.count(c)} times (columns "
+                                   f"{', '.join(str(i + 1) for i, x in enumerate(cols) if x == c)})" for c in twice])
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    """Header and rows; bytes that are not UTF-8 are reported by row and line (every such row), not by byte
+    offset. Blank lines are skipped and do not count as rows."""
+    text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")  # bad bytes -> U+DC80..U+DCFF
+    reader = csv.reader(io.StringIO(text, newline=""))
+    bad, header, rows, line = [], None, [], 1  # line: where the next record starts
+    try:
+        for rec in reader:
+            if rec:
+                hit = next((m for m in map(_BAD_BYTE.search, rec) if m), None)
+                if hit:
+                    where = f"the header (line {line})" if header is None else f"row {len(rows) + 1} (line {line})"
+                    bad.append(f"{where}: not UTF-8 text (byte 0x{ord(hit.group()) - 0xDC00:02x}); "
+                               "save the manifest as UTF-8")
+                if header is None:
+                    header = [c.strip() for c in rec]
+                else:
+                    rows.append(dict(zip(header, rec)) | {h: None for h in header[len(rec):]})
+            line = reader.line_num + 1
+    except csv.Error as e:
+        raise ManifestError(path, [f"line {line}: not valid CSV ({e})"]) from None
+    if bad:
+        raise ManifestError(path, bad)
+    return header or [], rows
 
 
 def validate(rows: list[dict], columns: list[str], path: str | os.PathLike = "<manifest>") -> None:
@@ -76,6 +114,11 @@ def validate(rows: list[dict], columns: list[str], path: str | os.PathLike = "<m
             problems.append((i, f"{where}: empty split"))
         elif not SAFE_ID.match(split):
             problems.append((i, f"{where}: split {split!r} has characters outside [A-Za-z0-9_-]"))
+        unit = r.get("depth_unit", "")
+        if unit and unit not in DEPTH_UNITS:
+            problems.append((i, f"{where}: depth_unit {unit!r} is not one of {', '.join(DEPTH_UNITS)}"))
+        elif unit and not r.get("depth_path"):
+            problems.append((i, f"{where}: depth_unit {unit!r} without a depth_path"))
     for cid, where in seen.items():
         if len(where) > 1:
             for i in where:

@@ -75,3 +75,58 @@ def test_run_refuses_to_start_and_writes_nothing(tmp_path):
     for row in (2, 3, 4, 5, 6, 7):
         assert f"row {row} " in p.stderr
     assert not out.exists()
+
+
+def test_a_column_named_twice_is_refused(tmp_path):
+    # today's csv.DictReader would keep the last 'split' silently
+    p = _csv(tmp_path, "c1,train,a.txt,a.mp4,test\n", header="clip_id,split,pose_path,video_path, split\n")
+    with pytest.raises(ManifestError) as ei:
+        load(p)
+    assert ei.value.problems == ["column 'split' appears 2 times (columns 2, 5)"]
+    assert str(p) in str(ei.value)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arr = pa.array(["x"])
+    pq.write_table(pa.Table.from_arrays([arr] * 5, names=["clip_id", "split", "pose_path", "video_path", "clip_id"]),
+                   tmp_path / "m.parquet")
+    with pytest.raises(ManifestError, match=r"column 'clip_id' appears 2 times \(columns 1, 5\)"):
+        load(tmp_path / "m.parquet")
+
+
+def test_non_utf8_manifest_names_the_rows(tmp_path):
+    from annotate.job import run
+
+    p = tmp_path / "m.csv"
+    p.write_bytes((HEADER + "a,train,a.txt,a.mp4,\n"
+                   "b,train,caf\u00e9/b.txt,b.mp4,\n"     # row 2, line 3: latin-1 e-acute
+                   "\n"                                   # blank lines are not rows
+                   "c,train,c.txt,c.mp4,\n"
+                   "d,train,d.txt,\u00fcber/d.mp4,\n").encode("latin-1"))  # row 4, line 6
+    out = tmp_path / "out"
+    with pytest.raises(ManifestError) as ei:
+        run(p, out)
+    assert ei.value.problems == [
+        "row 2 (line 3): not UTF-8 text (byte 0xe9); save the manifest as UTF-8",
+        "row 4 (line 6): not UTF-8 text (byte 0xfc); save the manifest as UTF-8"]
+    assert not out.exists()
+    p.write_bytes(b"clip_id,spl\xefit,pose_path,video_path\n")
+    with pytest.raises(ManifestError, match=r"the header \(line 1\): not UTF-8 text \(byte 0xef\)"):
+        load(p)
+    # UTF-8 with a byte-order mark (what spreadsheet programs write) is fine
+    p.write_bytes(("\ufeff" + HEADER + "a,train,caf\u00e9.txt,a.mp4,\n").encode("utf-8"))
+    assert load(p)[0]["pose_path"] == "caf\u00e9.txt"
+
+
+def test_depth_unit_values(tmp_path):
+    header = "clip_id,split,pose_path,video_path,depth_path,depth_unit\n"
+    rows = load(_csv(tmp_path, "a,train,a.txt,a.mp4,a.npz,mm\nb,train,b.txt,b.mp4,b.npz,m\nc,train,c.txt,c.mp4,,\n",
+                     header))
+    assert [r["depth_unit"] for r in rows] == ["mm", "m", ""]
+    with pytest.raises(ManifestError) as ei:
+        load(_csv(tmp_path, "a,train,a.txt,a.mp4,a.npz,cm\nb,train,b.txt,b.mp4,,mm\n", header))
+    assert ei.value.problems == ["row 1 (clip_id 'a'): depth_unit 'cm' is not one of m, mm",
+                                 "row 2 (clip_id 'b'): depth_unit 'mm' without a depth_path"]
+    # written manifests keep the column
+    write_manifest(rows, tmp_path / "w.csv")
+    assert [r["depth_unit"] for r in load(tmp_path / "w.csv")] == ["mm", "m", ""]
