@@ -13,11 +13,12 @@ def main(argv: list[str] | None = None) -> int:
 
         synth.main(argv[1:])
         return 0
-    from annotate import extract, index, job, report
+    from annotate import extract, fetch, index, job, report
 
     p = argparse.ArgumentParser(prog="python -m annotate",
                                 description="Absolute-scale camera annotation of RealEstate10K-style clips.")
     sub = p.add_subparsers(dest="cmd", required=True)
+    fetch.add_arguments(sub.add_parser("fetch", help="download the videos of the camera files (yt-dlp)"))
     extract.add_arguments(sub.add_parser("extract", help="cut downloaded videos at the camera files' timestamps"))
     index.add_arguments(sub.add_parser("index", help="build a clip manifest from a RealEstate10K download"))
     job.add_arguments(sub.add_parser("run", help="annotate a clip manifest with Ray (resumable)"))
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         return index.run_from_args(args)
     if args.cmd == "extract":
         return extract.run_from_args(args)
+    if args.cmd == "fetch":
+        return fetch.run_from_args(args)
     if args.cmd == "run":
         return job.run_from_args(args)
     return report.run_from_args(args)
