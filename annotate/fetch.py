@@ -164,7 +164,7 @@ def fetch(root: str | os.PathLike, cfg: FetchConfig | None = None, progress: boo
     rows = read_log(log_path)
     ids = wanted_videos(root)
     todo, skipped = [], 0
-    for yt, n in ids.items():
+    for yt in ids:
         path = find_video(videos, yt)
         prev = rows.get(yt, {}).get("status")
         if path is not None:
