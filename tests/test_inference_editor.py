@@ -1,12 +1,18 @@
-"""Trajectory editor: its state without a GUI, the loopback HTTP API, and the page in headless Chromium."""
+"""Trajectory editor: its state without a GUI, the loopback HTTP API (and what it refuses, driven as an attacker
+would), the command line, and the page in headless Chromium."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
+import re
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -15,9 +21,11 @@ import pytest
 from PIL import Image
 
 from annotate.camera import camera_centres, orthonormality_error, w2c_to_c2w
+from annotate.files import atomic_write_text
 from annotate.re10k import parse_camera_text, read_camera_file
 from annotate.synth import Room, render
-from train.inference.editor import EditorState, serve
+from train.inference.editor import EditorServer, EditorState, serve
+from train.inference.editor import main as editor_main
 from train.inference.scene import splat
 from train.inference.trajectory import look_at, make_pose
 
@@ -29,7 +37,7 @@ INTR = np.array([32.0, 32.0, 32.0, 24.0])
 def state(tmp_path):
     room = Room.random(np.random.default_rng(2))
     img, depth = render(room, make_pose(np.eye(3), [0.0, 0.0, room.lo[2] + 1.5]), INTR, W, H)
-    return EditorState(img, depth, INTR, frames=9, stride=2, export_path=tmp_path / "traj.txt")
+    return EditorState(img, depth, INTR, frames=9, stride=2, export_dir=tmp_path / "exports")
 
 
 def test_keyframe_edits_and_interpolation(state):
@@ -80,6 +88,7 @@ def test_preview_and_export(state, tmp_path):
     np.testing.assert_array_equal(frames[0], splat(state.cloud, np.eye(4), INTR, (H, W), 2)[0])
     np.testing.assert_array_equal(frames[-1], state.render_view(make_pose(np.eye(3), [0.3, 0.0, 0.0])))
     path = state.export()
+    assert path.parent == (tmp_path / "exports").resolve() and re.fullmatch(r"trajectory_\d{8}-\d{6}\.txt", path.name)
     cam = read_camera_file(path)
     assert len(cam) == 9 and cam.url == "realcam://editor"
     np.testing.assert_allclose(w2c_to_c2w(cam.w2c), state.trajectory().c2w, atol=1e-8)
@@ -138,7 +147,7 @@ def test_http_api(server):
     cam = parse_camera_text(_get(base + "/api/trajectory.txt")[2].decode())
     np.testing.assert_allclose(w2c_to_c2w(cam.w2c)[-1][:3, 3], [0.25, 0, 0], atol=1e-8)
     code, out = _post(base + "/api/export", {})
-    assert code == 200 and Path(out["path"]).is_file()
+    assert code == 200 and Path(out["path"]).is_file() and Path(out["path"]).parent == state.export_dir.resolve()
     code, st = _post(base + "/api/keyframes", {"op": "add", "look_at": [0.0, 0.0, 2.0], "t": 5})
     np.testing.assert_allclose(np.array(st["keyframes"][-1]["c2w"]), look_at([0.25, 0, 0], [0, 0, 2]), atol=1e-6)
     assert json.loads(_get(base + "/api/selftest")[2]) == {}
@@ -147,8 +156,275 @@ def test_http_api(server):
 
 
 def test_only_loopback():
-    with pytest.raises(ValueError, match="loopback"):
+    with pytest.raises(ValueError, match="not a loopback address.*--allow-remote"):
         serve(None, "0.0.0.0", 0)
+    with pytest.raises(ValueError, match="cannot resolve host 'no-such-host.invalid'"):
+        serve(None, "no-such-host.invalid", 0)
+
+
+# ------------------------------------------------------------------------------------------------ hostile requests
+
+
+def _raw(base, method, path, body=b"", headers=None, timeout=10):
+    """One request with exactly these headers (http.client adds only Host, which `headers` may override);
+    returns (status, body: JSON decoded when it is JSON). A dropped connection raises, so every refusal must be
+    an answer."""
+    host, port = base.rsplit("/", 1)[1].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        hdrs = {"Content-Type": "application/json", **(headers or {})}
+        conn.putrequest(method, path, skip_host="Host" in hdrs, skip_accept_encoding=True)
+        for k, v in hdrs.items():
+            if v is not None:
+                conn.putheader(k, v)
+        if method == "POST" and "Content-Length" not in hdrs:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body if method == "POST" else None)
+        r = conn.getresponse()
+        data = r.read()
+        return r.status, json.loads(data) if r.getheader("Content-Type") == "application/json" else data
+    finally:
+        conn.close()
+
+
+def _files(root):
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*"))
+
+
+def test_hostile_requests_are_refused(server, tmp_path):
+    base, state = server
+    port = base.rsplit(":", 1)[1]
+    add = json.dumps({"op": "add", "c2w": make_pose(np.eye(3), [0.5, 0, 0]).tolist()}).encode()
+    refused = {
+        # another site's page (a text/plain "simple" request needs no CORS preflight), or a sandboxed one
+        "foreign origin": (403, "Origin", {"Origin": "http://evil.example", "Content-Type": "text/plain"}),
+        "null origin": (403, "Origin", {"Origin": "null"}),
+        "other local port": (403, "Origin", {"Origin": "http://127.0.0.1:1"}),
+        "https origin": (403, "Origin", {"Origin": f"https://127.0.0.1:{port}"}),
+        "cross-site fetch": (403, "cross-site", {"Sec-Fetch-Site": "cross-site"}),
+        # DNS rebinding: the attacker's name resolves to 127.0.0.1, so the browser sends its name as Host
+        "rebinding host": (403, "Host", {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}),
+        "wrong port": (403, "Host", {"Host": "127.0.0.1:1"}),
+        "no port": (403, "Host", {"Host": "127.0.0.1"}),
+        "text/plain": (415, "application/json", {"Content-Type": "text/plain"}),
+        "form": (415, "application/json", {"Content-Type": "application/x-www-form-urlencoded"}),
+        "no content type": (415, "application/json", {"Content-Type": None}),
+        "chunked": (411, "Content-Length", {"Transfer-Encoding": "chunked"}),
+    }
+    for name, (code, msg, headers) in refused.items():
+        got, err = _raw(base, "POST", "/api/keyframes", add, headers)
+        assert (got, msg in err["error"]) == (code, True), (name, got, err)
+    for host in (f"evil.example:{port}", "127.0.0.2:1"):  # reads are refused too: the image is the user's
+        assert _raw(base, "GET", "/api/state", headers={"Host": host})[0] == 403
+    assert _raw(base, "GET", "/image.png", headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"})[0] \
+        == 403
+    bad_bodies = {
+        "not JSON": (b"{op: add", "not JSON"),
+        "not UTF-8": (b'{"op": "\xff"}', "not JSON"),
+        "array": (b"[1, 2]", "JSON object"),
+        "string": (b'"add"', "JSON object"),
+        "empty": (b"", "not JSON"),
+        "deep nesting": (b"[" * 200_000 + b"]" * 200_000, "not JSON"),
+        "NaN literal": (b'{"op": "add", "t": NaN}', "NaN is not a JSON number"),
+        "Infinity in a pose": (json.dumps({"op": "add", "c2w": [[1, 0, 0, float("inf")], [0, 1, 0, 0],
+                                                               [0, 0, 1, 0]]}).encode(), "Infinity"),
+        "overflowing number": (b'{"op": "add", "t": 1e999}', "finite"),
+        "scaled rotation": (json.dumps({"op": "add", "c2w": (2 * np.eye(4))[:3].tolist()}).encode(), "not a rotation"),
+        "reflection": (json.dumps({"op": "add", "c2w": np.diag([1.0, 1, -1, 1]).tolist()}).encode(),
+                       "not a rotation"),
+        "shear": (json.dumps({"op": "add", "c2w": [[1, 0.3, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]}).encode(),
+                  "not a rotation"),
+        "bad shape": (b'{"op": "add", "c2w": [[1, 0], [0, 1]]}', "3x4 or 4x4"),
+        "ragged": (b'{"op": "add", "c2w": [[1, 0, 0, 0], [0, 1]]}', "matrix"),
+        "strings": (b'{"op": "add", "c2w": [["a", 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]}', "matrix"),
+        "far away": (json.dumps({"op": "add", "c2w": make_pose(np.eye(3), [1e9, 0, 0]).tolist()}).encode(), "m"),
+        "look_at NaN": (b'{"op": "add", "look_at": [0, 0, 1e999]}', "look_at"),
+        "index as string": (b'{"op": "remove", "index": "1"}', "index"),
+        "index out of range": (b'{"op": "goto", "index": 7}', "index"),
+        "unknown field": (b'{"op": "clear", "evil": 1}', "'evil'"),
+        "missing field": (b'{"op": "remove"}', "missing field 'index'"),
+    }
+    for name, (body, msg) in bad_bodies.items():
+        got, err = _raw(base, "POST", "/api/keyframes", body)
+        assert got == 400 and msg in err["error"], (name, got, err)
+    for path, body, msg in [("/api/camera", {"action": "right", "step": 1e300}, "step"),
+                            ("/api/camera", {"action": ["right"]}, "unknown move"),
+                            ("/api/settings", {"frames": 1e9}, "frames"),
+                            ("/api/settings", {"loop": "yes"}, "loop")]:
+        got, err = _raw(base, "POST", path, json.dumps(body).encode())
+        assert got == 400 and msg in err["error"], (path, body, got, err)
+    # a declared body over the limit is refused before it is read
+    got, err = _raw(base, "POST", "/api/selftest", headers={"Content-Length": str(10**9)})
+    assert got == 413 and "limit" in err["error"]
+    assert len(state.keyframes) == 1 and np.array_equal(state.camera, np.eye(4)) and state.frames == 9
+    assert state.selftest_report is None
+    # the page's own kind of request still works, and a pose rounded to 6 decimals (as /api/state sends it
+    # back) is accepted and stored exactly orthonormal
+    rounded = np.round(look_at([0.1, 0.2, 0.3], [1.0, -0.5, 3.0]), 6)
+    got, st = _raw(base, "POST", "/api/keyframes", json.dumps({"op": "add", "c2w": rounded.tolist()}).encode(),
+                   {"Origin": f"http://localhost:{port}", "Sec-Fetch-Site": "same-origin"})
+    assert got == 200 and len(st["keyframes"]) == 2
+    assert orthonormality_error(state.keyframes[1]["c2w"][:3, :3]) < 1e-12
+    # following a link to the editor from another page opens it (a navigation exposes nothing to that page)
+    got, page = _raw(base, "GET", "/", headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"})
+    assert got == 200 and b"<canvas" in page
+    assert not (tmp_path / "exports").exists()
+
+
+def test_export_writes_only_into_the_export_dir(server, tmp_path):
+    base, state = server
+    state.add_keyframe(make_pose(np.eye(3), [0.3, 0.0, 0.1]), t=1.0)
+    before = _files(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    for body in ({"path": str(victim)}, {"path": "../victim.txt"}, {"path": str(tmp_path / "new.txt")},
+                 {"dir": str(tmp_path)}, {"name": "x"}):
+        code, err = _post(base + "/api/export", body)
+        assert code == 400 and "--export-dir" in err["error"], (body, err)
+    assert victim.read_text() == "precious\n" and _files(tmp_path) == sorted(before + ["victim.txt"])
+    code, out = _post(base + "/api/export", {})
+    code2, out2 = _post(base + "/api/export", {})  # the same second: a second name, nothing overwritten
+    assert code == code2 == 200 and out["path"] != out2["path"]
+    exports = (tmp_path / "exports").resolve()
+    names = sorted(p.name for p in exports.iterdir())
+    assert len(names) == 4
+    assert all(re.fullmatch(r"trajectory_\d{8}-\d{6}(-2)?\.(txt|keyframes\.json)", n) for n in names), names
+    assert _files(tmp_path) == sorted(before + ["victim.txt", "exports"] + [f"exports/{n}" for n in names])
+    path = Path(out["path"])
+    assert path.parent == exports and Path(out["keyframes"]) == path.with_suffix(".keyframes.json")
+    cam = read_camera_file(path)  # the expected RealEstate10K file
+    assert len(cam) == 9 and cam.url == "realcam://editor" and path.read_text() == out["text"]
+    np.testing.assert_allclose(w2c_to_c2w(cam.w2c), state.trajectory().c2w, atol=1e-8)
+    np.testing.assert_allclose(cam.intrinsics, np.tile(INTR / [W, H, W, H], (9, 1)))
+    assert json.loads(Path(out["keyframes"]).read_text())["keyframes"][1]["t"] == 1.0
+
+
+def test_failed_export_leaves_nothing(state, tmp_path):
+    blocker = tmp_path / "exports"
+    blocker.write_text("a file where the export folder should be\n")
+    srv = serve(state, "127.0.0.1", 0)
+    try:
+        code, err = _post(f"http://127.0.0.1:{srv.port}/api/export", {})
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert code == 500 and f"export to {blocker} failed" in err["error"]
+    assert _files(tmp_path) == ["exports"] and blocker.read_text().startswith("a file")
+    # the atomic-write helper the export uses removes its temporary file when the final rename fails
+    (tmp_path / "d").mkdir()
+    with pytest.raises(IsADirectoryError):
+        atomic_write_text(tmp_path / "d", "x")
+    assert _files(tmp_path) == ["d", "exports"]
+
+
+def test_slow_clients_time_out(state):
+    srv = serve(state, "127.0.0.1", 0, timeout=0.5)
+    port = srv.port
+    head = f"POST /api/settings HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+
+    def answer(sock):
+        sock.settimeout(10)
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+        return data
+
+    try:
+        # silent after part of the headers; trickling a header byte every 0.1 s; a body cut short
+        silent = socket.create_connection(("127.0.0.1", port))
+        silent.sendall(head.encode())
+        trickle = socket.create_connection(("127.0.0.1", port))
+        stop = threading.Event()
+
+        def drip():
+            try:
+                for b in head.encode() * 100:
+                    if stop.wait(0.1):
+                        return
+                    trickle.send(bytes([b]))
+            except OSError:
+                pass
+
+        threading.Thread(target=drip, daemon=True).start()
+        cut = socket.create_connection(("127.0.0.1", port))
+        cut.sendall((head + "Content-Length: 100\r\n\r\n{\"frames\":").encode())
+        t0 = time.monotonic()
+        # while those three hold connections, others are served at once
+        assert _raw(f"http://127.0.0.1:{port}", "GET", "/api/state")[0] == 200
+        assert time.monotonic() - t0 < 0.4
+        for sock in (silent, trickle, cut):
+            data = answer(sock)
+            assert data.startswith(b"HTTP/1.0 408") and b"within 0.5 s" in data, data
+            sock.close()
+        stop.set()
+        assert time.monotonic() - t0 < 3.0
+        assert state.frames == 9
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_host_names(state):
+    srv = serve(state, "localhost", 0)  # a name that resolves to loopback: served, and its name is accepted
+    try:
+        assert srv.loopback and srv.server_address[0] == "127.0.0.1"
+        base = f"http://127.0.0.1:{srv.port}"
+        assert _raw(base, "GET", "/api/state", headers={"Host": f"localhost:{srv.port}"})[0] == 200
+        assert _raw(base, "GET", "/api/state", headers={"Host": f"LOCALHOST.:{srv.port}"})[0] == 200
+        assert _raw(base, "GET", "/api/state", headers={"Host": f"[::1]:{srv.port}"})[0] == 200
+        assert _raw(base, "GET", "/api/state", headers={"Host": f"localhost.evil.example:{srv.port}"})[0] == 403
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    # a wildcard bind (only with allow_remote) accepts IP literals and this machine's names, never foreign names
+    wide = EditorServer("0.0.0.0", 0, state, allow_remote=True)
+    try:
+        assert not wide.loopback and wide.host_allowed(f"10.1.2.3:{wide.port}")
+        assert wide.host_allowed(f"{socket.gethostname()}:{wide.port}")
+        assert not wide.host_allowed(f"evil.example:{wide.port}") and not wide.host_allowed("10.1.2.3:1")
+    finally:
+        wide.server_close()
+
+
+def test_command_line_hosts(tmp_path, monkeypatch, capsys, caplog):
+    room = Room.random(np.random.default_rng(2))
+    img, depth = render(room, make_pose(np.eye(3), [0.0, 0.0, room.lo[2] + 1.5]), INTR, W, H)
+    Image.fromarray(img).save(tmp_path / "room.png")
+    np.save(tmp_path / "depth.npy", depth)
+    monkeypatch.chdir(tmp_path)
+    common = ["--image", "room.png", "--depth-file", "depth.npy", "--height", str(H), "--width", str(W),
+              "--port", "0"]
+    # errors: one line on stderr, no traceback, exit status 2
+    for args, msg in [(["--host", "0.0.0.0"], "not a loopback address"),
+                      (["--host", "no-such-host.invalid"], "cannot resolve"),
+                      (["--host", "0.0.0.0", "--allow-remote", "--image", "missing.png"], "missing.png")]:
+        caplog.clear()
+        with pytest.raises(SystemExit) as e:
+            editor_main(common + args)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("editor: ") and msg in err and err.count("\n") == 1, err
+        if "--allow-remote" in args:  # the non-loopback bind warned before the image error
+            assert "reachable from other machines" in caplog.text and "no authentication" in caplog.text
+    # --host localhost: a working server (the command's own loop), exporting into --export-dir
+    servers = []
+    thread = threading.Thread(target=editor_main, args=(common + ["--host", "localhost", "--export-dir", "out/ed"],),
+                              kwargs={"started": servers.append}, daemon=True)
+    thread.start()
+    for _ in range(600):
+        if servers or not thread.is_alive():
+            break
+        time.sleep(0.1)
+    srv = servers[0]
+    try:
+        url = re.search(r"http://\S+/", capsys.readouterr().out).group(0).rstrip("/")
+        assert url == f"http://127.0.0.1:{srv.port}"
+        code, out = _post(url + "/api/export", {})
+        assert code == 200 and Path(out["path"]).parent == (tmp_path / "out/ed").resolve()
+        assert read_camera_file(out["path"]).url == "realcam://editor"
+    finally:
+        srv.shutdown()
+        thread.join(30)
+    assert not thread.is_alive()
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

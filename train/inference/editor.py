@@ -10,6 +10,13 @@ RealEstate10K export. All scene work (depth, splatting, SE(3) interpolation, exp
 :class:`EditorState`, which is usable (and tested) without any GUI.
 
 Keyframe 0 is the image's own camera (identity) and cannot be moved or removed; poses are metres in its frame.
+
+Security: any web page open in the user's browser can send requests to a local port, so the server trusts no
+request. Export writes only into the ``--export-dir`` folder under generated names (a request never names a
+file); POSTs must be ``application/json`` (a cross-origin page cannot send that without a CORS preflight, which
+is refused); the Host and Origin headers must name the served address (DNS rebinding, foreign pages: 403);
+bodies are size-limited (413) and every connection has a deadline (408), and a bad body or value gets 400 with a
+message. It binds 127.0.0.1 by default; other addresses need ``--allow-remote`` (there is no authentication).
 """
 
 from __future__ import annotations
@@ -17,9 +24,14 @@ from __future__ import annotations
 import argparse
 import io
 import ipaddress
+import itertools
 import json
 import logging
+import math
+import socket
 import threading
+import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
@@ -27,7 +39,9 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
-from annotate.camera import camera_centres, to_4x4
+from annotate.camera import camera_centres, orthonormality_error, quat_to_rotmat, rotmat_to_quat, to_4x4
+from annotate.files import atomic_write_text
+from annotate.re10k import DEFAULT_ROTATION_TOL, format_camera_text
 
 from .scene import PointCloud, point_cloud, render_preview, splat
 from .trajectory import (
@@ -38,7 +52,6 @@ from .trajectory import (
     rot_x,
     rot_y,
     to_camera_trajectory,
-    write_re10k,
 )
 
 log = logging.getLogger("realcam.editor")
@@ -48,14 +61,66 @@ MOVES = {  # action -> (translation axis and sign, or rotation)
     "down": ("t", 1, 1), "up": ("t", 1, -1),
     "yaw_right": ("r", "y", 1), "yaw_left": ("r", "y", -1), "pitch_down": ("r", "x", 1), "pitch_up": ("r", "x", -1),
 }
+MAX_METRES = 1e4  # bound on any position: beyond it the interpolation and the 9-decimal export lose meaning
+MAX_TIME = 1e6  # bound on keyframe times
+DEFAULT_EXPORT_DIR = "outputs/editor"
+
+
+def check_pose(c2w, name: str = "c2w") -> np.ndarray:
+    """A finite rigid ``[3,4]``/``[4,4]`` pose (rotation orthonormal to RealEstate10K's file tolerance, so
+    poses the page sends back rounded still pass), returned as 4x4 with the rotation made exactly orthonormal."""
+    try:
+        m = np.asarray(c2w, np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a 3x4 or 4x4 matrix of numbers") from None
+    if m.shape not in ((3, 4), (4, 4)):
+        raise ValueError(f"{name} must be a 3x4 or 4x4 matrix, got shape {list(m.shape)}")
+    if not np.isfinite(m).all():
+        raise ValueError(f"{name} has non-finite values")
+    if m.shape == (4, 4) and np.abs(m[3] - [0, 0, 0, 1]).max() > DEFAULT_ROTATION_TOL:
+        raise ValueError(f"{name}'s last row must be 0 0 0 1, got {m[3].tolist()}")
+    err = float(orthonormality_error(m[:3, :3]))
+    if err > DEFAULT_ROTATION_TOL:
+        raise ValueError(f"{name} is not a rigid pose: its rotation part is not a rotation (orthonormality error "
+                         f"{err:.3g} > {DEFAULT_ROTATION_TOL:g})")
+    if np.abs(m[:3, 3]).max() > MAX_METRES:
+        raise ValueError(f"{name} position is beyond {MAX_METRES:g} m")
+    out = to_4x4(m[:3])
+    out[:3, :3] = quat_to_rotmat(rotmat_to_quat(m[:3, :3]))
+    return out
+
+
+def check_number(v, name: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v) or not lo <= v <= hi:
+        raise ValueError(f"{name} must be a finite number in [{lo:g}, {hi:g}], got {v!r}")
+    return v
+
+
+def check_int(v, name: str, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+        raise ValueError(f"{name} must be an integer in {lo}..{hi}, got {v!r}")
+    return int(v)
+
+
+def check_point(v, name: str) -> np.ndarray:
+    try:
+        p = np.asarray(v, np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be 3 numbers") from None
+    if p.shape != (3,) or not np.isfinite(p).all() or np.abs(p).max() > MAX_METRES:
+        raise ValueError(f"{name} must be 3 finite numbers within {MAX_METRES:g} m, got {v!r}")
+    return p
 
 
 class EditorState:
     """Keyframes, settings and renders of one editing session (thread-safe)."""
 
     def __init__(self, image: np.ndarray, depth: np.ndarray, intr: np.ndarray, frames: int = 16, stride: int = 3,
-                 point_size: int = 2, max_view_points: int = 20000, export_path: str | Path | None = None,
-                 outlier_removal: bool = True):
+                 point_size: int = 2, max_view_points: int = 20000,
+                 export_dir: str | Path = DEFAULT_EXPORT_DIR, outlier_removal: bool = True):
         self.image = np.asarray(image, np.uint8)
         self.hw = self.image.shape[:2]
         self.intr = np.asarray(intr, np.float64)
@@ -65,7 +130,7 @@ class EditorState:
         self.view_cloud = self.cloud.subsample(max_view_points)
         self.keyframes: list[dict] = [{"t": 0.0, "c2w": np.eye(4)}]
         self.camera = np.eye(4)  # the free camera the user moves
-        self.export_path = Path(export_path) if export_path else None
+        self.export_dir = Path(export_dir)
         self._lock = threading.RLock()
         self._preview: np.ndarray | None = None
         self.selftest_report: dict | None = None  # what the page's ?selftest=drag run posted
@@ -77,8 +142,8 @@ class EditorState:
     def add_keyframe(self, c2w: np.ndarray | None = None, t: float | None = None) -> int:
         """Add (or replace, at an existing t) a keyframe; default pose = the free camera, t = last t + 1."""
         with self._lock:
-            c2w = to_4x4(self.camera if c2w is None else c2w)
-            t = float(self.keyframes[-1]["t"] + 1.0 if t is None else t)
+            c2w = check_pose(self.camera if c2w is None else c2w)
+            t = self.keyframes[-1]["t"] + 1.0 if t is None else check_number(t, "t", hi=MAX_TIME)
             if t <= 0:
                 raise ValueError("keyframe times must be > 0 (t = 0 is the image's camera)")
             self.keyframes = [k for k in self.keyframes if k["t"] != t] + [{"t": t, "c2w": c2w}]
@@ -89,10 +154,11 @@ class EditorState:
     def add_keyframe_looking_at(self, point, t: float | None = None) -> int:
         """Add a keyframe at the free camera's position turned to look at the world `point`."""
         with self._lock:
-            return self.add_keyframe(look_at(self.camera[:3, 3], point), t)
+            return self.add_keyframe(look_at(self.camera[:3, 3], check_point(point, "look_at")), t)
 
     def update_keyframe(self, index: int, c2w: np.ndarray | None = None, t: float | None = None) -> None:
         with self._lock:
+            index = self._index(index)
             if index == 0:
                 raise ValueError("keyframe 0 is the image's camera and cannot change")
             kf = self.keyframes[index]
@@ -105,10 +171,22 @@ class EditorState:
 
     def remove_keyframe(self, index: int) -> None:
         with self._lock:
-            if index == 0:
+            if self._index(index) == 0:
                 raise ValueError("keyframe 0 is the image's camera and cannot be removed")
             del self.keyframes[index]
             self._changed()
+
+    def _index(self, index) -> int:
+        return check_int(index, "index", 0, len(self.keyframes) - 1)
+
+    def goto(self, index: int) -> None:
+        """Put the free camera at a keyframe."""
+        with self._lock:
+            self.camera = to_4x4(self.keyframes[self._index(index)]["c2w"])
+
+    def set_camera(self, c2w) -> None:
+        with self._lock:
+            self.camera = check_pose(c2w)
 
     def clear(self) -> None:
         with self._lock:
@@ -118,14 +196,15 @@ class EditorState:
 
     def settings(self, frames: int | None = None, loop: bool | None = None, ease: bool | None = None) -> None:
         with self._lock:
+            for name, v in (("loop", loop), ("ease", ease)):
+                if v is not None and not isinstance(v, bool):
+                    raise ValueError(f"{name} must be true or false, got {v!r}")
             if frames is not None:
-                if not 2 <= int(frames) <= 256:
-                    raise ValueError("frames must be in 2..256")
-                self.frames = int(frames)
+                self.frames = check_int(frames, "frames", 2, 256)
             if loop is not None:
-                self.loop = bool(loop)
+                self.loop = loop
             if ease is not None:
-                self.ease = bool(ease)
+                self.ease = ease
             self._changed()
 
     # -------------------------------------------------------------------------------- free camera
@@ -134,8 +213,10 @@ class EditorState:
         if action == "reset":
             self.camera = np.eye(4)
             return self.camera
-        if action not in MOVES:
+        if not isinstance(action, str) or action not in MOVES:
             raise ValueError(f"unknown move {action!r}; one of {sorted(MOVES)} or reset")
+        step = check_number(step, "step", -MAX_METRES, MAX_METRES)
+        angle_deg = check_number(angle_deg, "angle", -360.0, 360.0)
         kind, axis, sign = MOVES[action]
         with self._lock:
             if kind == "t":
@@ -166,20 +247,30 @@ class EditorState:
         return splat(self.cloud, self.camera if c2w is None else c2w, self.intr, self.hw, self.point_size)[0]
 
     def re10k_text(self) -> str:
-        from annotate.re10k import format_camera_text
-
         return format_camera_text(to_camera_trajectory(self.trajectory(), self.intr, self.hw, self.stride,
                                                        url="realcam://editor"))
 
-    def export(self, path: str | Path | None = None) -> Path:
-        path = Path(path) if path else self.export_path
-        if path is None:
-            raise ValueError("no export path")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_re10k(path, self.trajectory(), self.intr, self.hw, self.stride, url="realcam://editor")
-        keys = path.with_suffix(".keyframes.json")
-        keys.write_text(json.dumps(self.keyframes_json(), indent=1))
-        return path
+    def export(self) -> Path:
+        """Write ``trajectory_YYYYmmdd-HHMMSS[-n].txt`` (RealEstate10K) and its ``.keyframes.json`` into the
+        export folder (names never come from a request); returns the camera file's path. Both files are written
+        atomically, and a failure leaves neither half of the pair behind."""
+        with self._lock:  # one export at a time: the name check and the writes must not interleave
+            text = self.re10k_text()
+            keys = json.dumps(self.keyframes_json(), indent=1) + "\n"
+            self.export_dir.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for n in itertools.count(1):
+                stem = f"trajectory_{stamp}" + (f"-{n}" if n > 1 else "")
+                cam, kf = self.export_dir / f"{stem}.txt", self.export_dir / f"{stem}.keyframes.json"
+                if not cam.exists() and not kf.exists():
+                    break
+            try:
+                atomic_write_text(cam, text)
+                atomic_write_text(kf, keys)
+            except BaseException:
+                cam.unlink(missing_ok=True)
+                raise
+            return cam.resolve()
 
     def keyframes_json(self) -> dict:
         return {"keyframes": [{"t": k["t"], "c2w": np.round(k["c2w"], 9).tolist()} for k in self.keyframes],
@@ -194,7 +285,7 @@ class EditorState:
                 "keyframes": [{"t": k["t"], "c2w": np.round(k["c2w"], 6).tolist()} for k in self.keyframes],
                 "camera": np.round(self.camera, 6).tolist(),
                 "path": np.round(camera_centres(traj.c2w), 5).tolist(),
-                "export_path": str(self.export_path) if self.export_path else None,
+                "export_dir": str(self.export_dir.resolve()),
             }
 
     def points_json(self) -> dict:
@@ -204,6 +295,22 @@ class EditorState:
 
 # ------------------------------------------------------------------------------------------------ HTTP
 
+MAX_BODY = 1 << 20  # bytes; the largest real request (a selftest report) is a few kB
+TIMEOUT = 10.0  # seconds a client has to send its whole request (and the bound on each socket operation)
+# the fields each POST accepts: anything else (a `path` for export, say) is refused, not ignored
+FIELDS = {"/api/camera": {"action", "step", "angle", "c2w"},
+          "/api/keyframes": {"op", "index", "c2w", "look_at", "t"},
+          "/api/settings": {"frames", "loop", "ease"},
+          "/api/export": set()}
+_SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+                     "Content-Security-Policy": "frame-ancestors 'none'", "Referrer-Policy": "no-referrer"}
+
+
+class HTTPError(Exception):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
 
 def png_bytes(img: np.ndarray) -> bytes:
     buf = io.BytesIO()
@@ -211,103 +318,305 @@ def png_bytes(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def make_handler(state: EditorState):
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, fmt, *args):  # quiet; debug log only
-            log.debug("%s " + fmt, self.address_string(), *args)
+def resolve_host(host: str, allow_remote: bool = False) -> tuple[int, str]:
+    """(address family, IP) to bind for ``host`` (an address or a name); non-loopback only with allow_remote."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise ValueError(f"cannot resolve host {host!r}: {getattr(e, 'strerror', None) or e}") from None
+    addrs = [(fam, info[0]) for fam, _, _, _, info in infos if fam in (socket.AF_INET, socket.AF_INET6)]
+    if not addrs:
+        raise ValueError(f"host {host!r} has no IPv4 or IPv6 address")
+    addrs.sort(key=lambda a: a[0] != socket.AF_INET)  # prefer IPv4: what 127.0.0.1 / localhost links reach
+    loopback = [a for a in addrs if ipaddress.ip_address(a[1].split("%")[0]).is_loopback]
+    if loopback:
+        return loopback[0]
+    if not allow_remote:
+        raise ValueError(f"host {host!r} ({addrs[0][1]}) is not a loopback address; the editor has no "
+                         "authentication, so serving beyond this machine needs --allow-remote")
+    return addrs[0]
 
-        def _send(self, body: bytes, ctype: str, code: int = 200):
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
 
-        def _json(self, obj, code: int = 200):
-            self._send(json.dumps(obj).encode(), "application/json", code)
+def _split_host(value: str) -> tuple[str, int | None] | None:
+    """'name:port' / '[v6]:port' / 'name' -> (lower-case name, port or None); None when malformed."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        name, rest = value[1:end], value[end + 1:]
+    else:
+        name, _, port = value.partition(":")
+        rest = ":" + port if port else ""
+    if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+        return None
+    return name.rstrip("."), int(rest[1:]) if rest else None
 
-        def do_GET(self):  # noqa: N802
-            path = urlparse(self.path).path
+
+class EditorServer(ThreadingHTTPServer):
+    """The editor's HTTP server: one thread per connection, and the addresses requests may name."""
+
+    daemon_threads = True
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8765, state: EditorState | None = None,
+                 allow_remote: bool = False, timeout: float = TIMEOUT, max_body: int = MAX_BODY):
+        family, ip = resolve_host(host, allow_remote)
+        self.address_family = family
+        self.state, self.io_timeout, self.max_body = state, float(timeout), int(max_body)
+        super().__init__((ip, port), EditorHandler)
+        self.port = self.server_address[1]
+        bound = ipaddress.ip_address(ip.split("%")[0])
+        self.loopback, self.wildcard = bound.is_loopback, bound.is_unspecified
+        # Host names a request may use: DNS rebinding needs a name the attacker controls, so names are listed
+        # explicitly, while IP literals are checked against the bound address (any address on a wildcard bind)
+        self.names = {host.lower().rstrip(".")} - {ip.lower()}
+        self.ips = {bound}
+        if self.loopback:
+            self.names.add("localhost")
+            self.ips |= {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
+        if self.wildcard:
+            self.names |= {socket.gethostname().lower(), socket.getfqdn().lower(), "localhost"}
+
+    def url(self) -> str:
+        ip = self.server_address[0]
+        return f"http://{f'[{ip}]' if ':' in ip else ip}:{self.port}/"
+
+    def host_allowed(self, value: str) -> bool:
+        parts = _split_host(value)
+        if parts is None or parts[1] != self.port:  # browsers always send the port when it is not 80
+            return False
+        name = parts[0]
+        if name in self.names:
+            return True
+        try:
+            ip = ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return self.wildcard or ip in self.ips
+
+    def handle_error(self, request, client_address):  # never a traceback on stderr for a client's misdeed
+        log.debug("connection from %s failed", client_address, exc_info=True)
+
+
+class EditorHandler(BaseHTTPRequestHandler):
+    server: EditorServer
+
+    # ---------------------------------------------------------------------------- connection deadline
+    def setup(self):
+        # each socket operation times out (a silent client), and a timer bounds the whole request read (a client
+        # that trickles bytes): on expiry it answers 408 and closes the socket, which ends the blocked read
+        self.timeout = self.server.io_timeout + 1.0
+        super().setup()
+        self._reading, self._expired, self._dlock = True, False, threading.Lock()
+        self._timer = threading.Timer(self.server.io_timeout, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def finish(self):
+        self._timer.cancel()
+        try:
+            super().finish()
+        except OSError:
+            pass
+
+    def _expire(self):
+        with self._dlock:
+            if not self._reading:
+                return
+            self._expired = True
             try:
-                if path in ("/", "/index.html"):
-                    self._send(PAGE.encode(), "text/html; charset=utf-8")
-                elif path == "/api/state":
-                    self._json(state.state())
-                elif path == "/api/points":
-                    self._json(state.points_json())
-                elif path == "/image.png":
-                    self._send(png_bytes(state.image), "image/png")
-                elif path == "/api/view.png":
-                    self._send(png_bytes(state.render_view()), "image/png")
-                elif path.startswith("/api/preview/") and path.endswith(".png"):
-                    i = int(path[len("/api/preview/"):-4])
-                    frames = state.preview()
-                    if not 0 <= i < len(frames):
-                        return self._json({"error": f"frame {i} out of range"}, 404)
-                    self._send(png_bytes(frames[i]), "image/png")
-                elif path == "/api/trajectory.txt":
-                    self._send(state.re10k_text().encode(), "text/plain; charset=utf-8")
-                elif path == "/api/keyframes.json":
-                    self._json(state.keyframes_json())
-                elif path == "/api/selftest":
-                    self._json(state.selftest_report or {})
-                else:
-                    self._json({"error": "not found"}, 404)
-            except (ValueError, IndexError) as e:
-                self._json({"error": str(e)}, 400)
-
-        def do_POST(self):  # noqa: N802
-            path = urlparse(self.path).path
+                msg = json.dumps({"error": f"request not received within {self.server.io_timeout:g} s"}).encode()
+                self.connection.sendall(b"HTTP/1.0 408 Request Timeout\r\nContent-Type: application/json\r\n"
+                                        b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(msg) + msg)
+            except OSError:
+                pass
             try:
-                n = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(n) or b"{}")
-                if path == "/api/camera":
-                    if "c2w" in body:
-                        state.camera = to_4x4(np.asarray(body["c2w"], np.float64))
-                    else:
-                        state.move(body["action"], float(body.get("step", 0.1)), float(body.get("angle", 5.0)))
-                elif path == "/api/keyframes":
-                    op = body.get("op")
-                    c2w = np.asarray(body["c2w"], np.float64) if "c2w" in body else None
-                    if op == "add" and "look_at" in body:
-                        state.add_keyframe_looking_at(np.asarray(body["look_at"], np.float64), body.get("t"))
-                    elif op == "add":
-                        state.add_keyframe(c2w, body.get("t"))
-                    elif op == "update":
-                        state.update_keyframe(int(body["index"]), c2w, body.get("t"))
-                    elif op == "remove":
-                        state.remove_keyframe(int(body["index"]))
-                    elif op == "goto":
-                        state.camera = to_4x4(state.keyframes[int(body["index"])]["c2w"])
-                    elif op == "clear":
-                        state.clear()
-                    else:
-                        raise ValueError(f"unknown op {op!r}")
-                elif path == "/api/settings":
-                    state.settings(body.get("frames"), body.get("loop"), body.get("ease"))
-                elif path == "/api/selftest":
-                    state.selftest_report = dict(body)
-                elif path == "/api/export":
-                    out = state.export(body.get("path"))
-                    return self._json({"path": str(out), "text": state.re10k_text()})
-                else:
-                    return self._json({"error": "not found"}, 404)
-                self._json(state.state())
-            except (ValueError, KeyError, IndexError, TypeError) as e:
-                self._json({"error": str(e)}, 400)
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
-    return Handler
+    def _request_read(self):
+        """The request is in (or is being answered): stop the deadline, which must not fire while a response is
+        written or a preview renders; raises when the deadline already answered and closed the connection."""
+        with self._dlock:
+            if self._expired:
+                raise ConnectionAbortedError("request deadline passed")
+            self._reading = False
+        self._timer.cancel()
+
+    # ---------------------------------------------------------------------------- responses
+    def log_message(self, fmt, *args):  # quiet; debug log only
+        log.debug("%s " + fmt, self.address_string(), *args)
+
+    def _send(self, body: bytes, ctype: str, code: int = 200):
+        self._request_read()
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in _SECURITY_HEADERS.items():
+            self.send_header(k, v)
+        if code >= 400:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, obj, code: int = 200):
+        self._send(json.dumps(obj).encode(), "application/json", code)
+
+    def _dispatch(self, route):
+        try:
+            if self.command == "GET":
+                self._request_read()
+            self._check_origin()
+            route()
+        except ConnectionError:
+            self.close_connection = True
+        except HTTPError as e:
+            self.close_connection = True
+            self._json({"error": str(e)}, e.code)
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            self._json({"error": str(e) if not isinstance(e, KeyError) else f"missing field {e}"}, 400)
+        except Exception as e:  # a bug: the client still gets an answer, the log the traceback
+            log.exception("%s %s failed", self.command, self.path)
+            self._json({"error": f"internal error ({e.__class__.__name__}: {e})"}, 500)
+
+    # ---------------------------------------------------------------------------- checks
+    def _check_origin(self):
+        """Host and Origin must name this server (DNS rebinding, other sites' pages)."""
+        host = self.headers.get("Host")
+        if host is None or not self.server.host_allowed(host):
+            raise HTTPError(403, f"Host {host!r} is not this editor's address ({self.server.url()})")
+        origin = self.headers.get("Origin")
+        if origin is not None:
+            u = urlparse(origin)
+            if u.scheme != "http" or not self.server.host_allowed(u.netloc) or u.path not in ("", "/"):
+                raise HTTPError(403, f"Origin {origin!r} is not this editor's page ({self.server.url()})")
+        navigation = self.command == "GET" and self.headers.get("Sec-Fetch-Mode") == "navigate"
+        if not navigation and self.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+            raise HTTPError(403, f"cross-site request (Sec-Fetch-Site: {self.headers['Sec-Fetch-Site']})")
+
+    def _read_json(self) -> dict:
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise HTTPError(415, f"Content-Type must be application/json, not {ctype or 'missing'!r}")
+        if self.headers.get("Transfer-Encoding"):
+            raise HTTPError(411, "send the body with a Content-Length, not a Transfer-Encoding")
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise HTTPError(411, "Content-Length required")
+        if not length.strip().isdigit():
+            raise HTTPError(400, f"bad Content-Length {length!r}")
+        n = int(length)
+        if n > self.server.max_body:
+            raise HTTPError(413, f"body of {n} bytes exceeds the limit of {self.server.max_body} bytes")
+        raw = self.rfile.read(n)
+        self._request_read()
+        if len(raw) != n:
+            raise HTTPError(400, f"body ended after {len(raw)} of {n} bytes")
+        try:
+            body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise HTTPError(400, f"body is not JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise HTTPError(400, f"body must be a JSON object, got {type(body).__name__}")
+        return body
+
+    # ---------------------------------------------------------------------------- routes
+    def do_GET(self):  # noqa: N802
+        self._dispatch(self._get)
+
+    def do_POST(self):  # noqa: N802
+        self._dispatch(self._post)
+
+    def _get(self):
+        state, path = self.server.state, urlparse(self.path).path
+        if path in ("/", "/index.html"):
+            self._send(PAGE.encode(), "text/html; charset=utf-8")
+        elif path == "/api/state":
+            self._json(state.state())
+        elif path == "/api/points":
+            self._json(state.points_json())
+        elif path == "/image.png":
+            self._send(png_bytes(state.image), "image/png")
+        elif path == "/api/view.png":
+            self._send(png_bytes(state.render_view()), "image/png")
+        elif path.startswith("/api/preview/") and path.endswith(".png"):
+            i = path[len("/api/preview/"):-4]
+            frames = state.preview()
+            if not (i.isdigit() and int(i) < len(frames)):
+                raise HTTPError(404, f"preview frame {i!r} out of range 0..{len(frames) - 1}")
+            self._send(png_bytes(frames[int(i)]), "image/png")
+        elif path == "/api/trajectory.txt":
+            self._send(state.re10k_text().encode(), "text/plain; charset=utf-8")
+        elif path == "/api/keyframes.json":
+            self._json(state.keyframes_json())
+        elif path == "/api/selftest":
+            self._json(state.selftest_report or {})
+        else:
+            raise HTTPError(404, f"not found: {path}")
+
+    def _post(self):
+        state, path = self.server.state, urlparse(self.path).path
+        if path not in FIELDS and path != "/api/selftest":
+            raise HTTPError(404, f"not found: {path}")
+        body = self._read_json()
+        unknown = sorted(set(body) - FIELDS.get(path, set(body)))
+        if unknown:
+            hint = " (exports go to the --export-dir folder under generated names)" if path == "/api/export" else ""
+            raise HTTPError(400, f"{path} does not take {', '.join(map(repr, unknown))}{hint}")
+        if path == "/api/camera":
+            if "c2w" in body:
+                state.set_camera(body["c2w"])
+            else:
+                state.move(body["action"], body.get("step", 0.1), body.get("angle", 5.0))
+        elif path == "/api/keyframes":
+            op = body.get("op")
+            c2w = check_pose(body["c2w"]) if "c2w" in body else None
+            if op == "add" and "look_at" in body:
+                state.add_keyframe_looking_at(body["look_at"], body.get("t"))
+            elif op == "add":
+                state.add_keyframe(c2w, body.get("t"))
+            elif op == "update":
+                state.update_keyframe(body["index"], c2w, body.get("t"))
+            elif op == "remove":
+                state.remove_keyframe(body["index"])
+            elif op == "goto":
+                state.goto(body["index"])
+            elif op == "clear":
+                state.clear()
+            else:
+                raise ValueError(f"unknown op {op!r}; one of add, update, remove, goto, clear")
+        elif path == "/api/settings":
+            state.settings(body.get("frames"), body.get("loop"), body.get("ease"))
+        elif path == "/api/selftest":
+            state.selftest_report = body
+        elif path == "/api/export":
+            try:
+                out = state.export()
+            except OSError as e:
+                log.error("export to %s failed: %s", state.export_dir, e)
+                raise HTTPError(500, f"export to {state.export_dir} failed: {e.strerror or e}") from None
+            log.info("exported %s", out)
+            return self._json({"path": str(out), "keyframes": str(out.with_suffix(".keyframes.json")),
+                               "text": state.re10k_text()})
+        self._json(state.state())
 
 
-def serve(state: EditorState, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
-    """A started (background thread) server on a loopback address; `server.server_address[1]` is the port."""
-    if not ipaddress.ip_address(host).is_loopback:
-        raise ValueError(f"the editor only listens on loopback addresses, not {host!r}")
-    server = ThreadingHTTPServer((host, port), make_handler(state))
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True, name="editor-http").start()
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def serve(state: EditorState, host: str = "127.0.0.1", port: int = 8765, allow_remote: bool = False,
+          timeout: float = TIMEOUT, max_body: int = MAX_BODY) -> EditorServer:
+    """A started (background thread) server; `server.port` is the port (0 picks a free one). Raises ValueError
+    (one line) for a host that does not resolve, or that is not loopback without `allow_remote`."""
+    server = EditorServer(host, port, state, allow_remote=allow_remote, timeout=timeout, max_body=max_body)
+    start(server)
     return server
+
+
+def start(server: EditorServer) -> None:
+    threading.Thread(target=server.serve_forever, daemon=True, name="editor-http").start()
 
 
 PAGE = r"""<!doctype html>
@@ -488,7 +797,8 @@ async function selftestDrag(){const st=document.getElementById('status');
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, started: Callable[[EditorServer], None] | None = None) -> None:
+    """The command line; serves until Ctrl-C (or `server.shutdown()` from `started`, which gets the server)."""
     from .scene import load_image, resize_crop, user_intrinsics
 
     p = argparse.ArgumentParser(prog="python -m train.inference.editor", description=__doc__.split("\n\n")[0])
@@ -499,29 +809,50 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--frame-stride", type=int, default=3)
-    p.add_argument("--export", default="trajectory.txt", help="where Export writes the RealEstate10K file")
-    p.add_argument("--host", default="127.0.0.1", help="a loopback address")
+    p.add_argument("--export-dir", default=DEFAULT_EXPORT_DIR,
+                   help="folder Export writes into, as trajectory_<date>-<time>.txt + .keyframes.json "
+                        f"(default {DEFAULT_EXPORT_DIR})")
+    p.add_argument("--host", default="127.0.0.1", help="address or name to listen on (default 127.0.0.1); "
+                                                       "a non-loopback one needs --allow-remote")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback --host: anyone who reaches it can edit and export (no authentication)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    image0 = load_image(args.image)
-    image, plan = resize_crop(image0, (args.height, args.width))
-    if args.depth_file:
-        from train.sample import _read_depth
-
-        depth = _read_depth(args.depth_file, image0.shape[:2], plan, (args.height, args.width))
-    else:
-        from annotate.depth import DEFAULT_MODEL, DepthAnythingPredictor, DepthConfig
-
-        depth = DepthAnythingPredictor(DepthConfig(model=args.depth_model or DEFAULT_MODEL)).predict(image[None])[0]
-    state = EditorState(image, depth, user_intrinsics(plan), frames=args.frames, stride=args.frame_stride,
-                        export_path=args.export)
-    server = serve(state, args.host, args.port)
-    print(f"trajectory editor on http://{args.host}:{server.server_address[1]}/  (Ctrl-C to stop)", flush=True)
+    # bind before the (slow) depth prediction, so a bad host or a busy port is reported at once
     try:
-        threading.Event().wait()
+        server = EditorServer(args.host, args.port, allow_remote=args.allow_remote)
+    except (ValueError, OSError) as e:
+        p.exit(2, f"editor: cannot listen on {args.host}:{args.port}: {getattr(e, 'strerror', None) or e}\n")
+    if not server.loopback:
+        log.warning("serving on %s, reachable from other machines: anyone who reaches it can edit trajectories "
+                    "and write exports into %s (there is no authentication)", server.url(), args.export_dir)
+    try:
+        image0 = load_image(args.image)
+        image, plan = resize_crop(image0, (args.height, args.width))
+        if args.depth_file:
+            from train.sample import _read_depth
+
+            depth = _read_depth(args.depth_file, image0.shape[:2], plan, (args.height, args.width))
+        else:
+            from annotate.depth import DEFAULT_MODEL, DepthAnythingPredictor, DepthConfig
+
+            depth = DepthAnythingPredictor(DepthConfig(model=args.depth_model or DEFAULT_MODEL)).predict(image[None])[0]
+        server.state = EditorState(image, depth, user_intrinsics(plan), frames=args.frames, stride=args.frame_stride,
+                                   export_dir=args.export_dir)
+    except (OSError, ValueError) as e:
+        server.server_close()
+        p.exit(2, f"editor: {e}\n")
+    print(f"trajectory editor on {server.url()}  (exports to {server.state.export_dir.resolve()}; Ctrl-C to stop)",
+          flush=True)
+    if started is not None:
+        started(server)
+    try:
+        server.serve_forever()
     except KeyboardInterrupt:
-        server.shutdown()
+        pass
+    finally:
+        server.server_close()
 
 
 if __name__ == "__main__":
