@@ -24,7 +24,7 @@ from annotate.camera import camera_centres, orthonormality_error, w2c_to_c2w
 from annotate.files import atomic_write_text
 from annotate.re10k import parse_camera_text, read_camera_file
 from annotate.synth import Room, render
-from train.inference.editor import EditorServer, EditorState, serve
+from train.inference.editor import AllowedHosts, EditorState, serve
 from train.inference.editor import main as editor_main
 from train.inference.scene import splat
 from train.inference.trajectory import look_at, make_pose
@@ -318,7 +318,8 @@ def test_failed_export_leaves_nothing(state, tmp_path):
 
 
 def test_slow_clients_time_out(state):
-    srv = serve(state, "127.0.0.1", 0, timeout=0.5)
+    deadline = 1.5
+    srv = serve(state, "127.0.0.1", 0, timeout=deadline)
     port = srv.port
     head = f"POST /api/settings HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
 
@@ -349,15 +350,15 @@ def test_slow_clients_time_out(state):
         cut = socket.create_connection(("127.0.0.1", port))
         cut.sendall((head + "Content-Length: 100\r\n\r\n{\"frames\":").encode())
         t0 = time.monotonic()
-        # while those three hold connections, others are served at once
+        # while those three hold connections, others are served (before the deadline frees anything)
         assert _raw(f"http://127.0.0.1:{port}", "GET", "/api/state")[0] == 200
-        assert time.monotonic() - t0 < 0.4
-        for sock in (silent, trickle, cut):
+        assert time.monotonic() - t0 < 0.8 * deadline
+        for sock in (silent, trickle, cut):  # each gets a 408 at the deadline and is closed
             data = answer(sock)
-            assert data.startswith(b"HTTP/1.0 408") and b"within 0.5 s" in data, data
+            assert data.startswith(b"HTTP/1.0 408") and f"within {deadline:g} s".encode() in data, data
             sock.close()
         stop.set()
-        assert time.monotonic() - t0 < 3.0
+        assert 0.9 * deadline < time.monotonic() - t0 < deadline + 4.0
         assert state.frames == 9
     finally:
         srv.shutdown()
@@ -377,13 +378,12 @@ def test_host_names(state):
         srv.shutdown()
         srv.server_close()
     # a wildcard bind (only with allow_remote) accepts IP literals and this machine's names, never foreign names
-    wide = EditorServer("0.0.0.0", 0, state, allow_remote=True)
-    try:
-        assert not wide.loopback and wide.host_allowed(f"10.1.2.3:{wide.port}")
-        assert wide.host_allowed(f"{socket.gethostname()}:{wide.port}")
-        assert not wide.host_allowed(f"evil.example:{wide.port}") and not wide.host_allowed("10.1.2.3:1")
-    finally:
-        wide.server_close()
+    # (checked without binding one: other tests may list this machine's listening sockets)
+    wide = AllowedHosts("0.0.0.0", "0.0.0.0", 8765)
+    assert not wide.loopback and wide("10.1.2.3:8765") and wide(f"{socket.gethostname()}:8765")
+    assert not wide("evil.example:8765") and not wide("10.1.2.3:1") and not wide("10.1.2.3")
+    one = AllowedHosts("192.0.2.7", "192.0.2.7", 80)  # a specific address: that address only; port 80 implied
+    assert one("192.0.2.7") and one("192.0.2.7:80") and not one("192.0.2.8:80") and not one("localhost:80")
 
 
 def test_command_line_hosts(tmp_path, monkeypatch, capsys, caplog):
@@ -395,16 +395,22 @@ def test_command_line_hosts(tmp_path, monkeypatch, capsys, caplog):
     common = ["--image", "room.png", "--depth-file", "depth.npy", "--height", str(H), "--width", str(W),
               "--port", "0"]
     # errors: one line on stderr, no traceback, exit status 2
-    for args, msg in [(["--host", "0.0.0.0"], "not a loopback address"),
-                      (["--host", "no-such-host.invalid"], "cannot resolve"),
-                      (["--host", "0.0.0.0", "--allow-remote", "--image", "missing.png"], "missing.png")]:
-        caplog.clear()
-        with pytest.raises(SystemExit) as e:
-            editor_main(common + args)
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and err.startswith("editor: ") and msg in err and err.count("\n") == 1, err
-        if "--allow-remote" in args:  # the non-loopback bind warned before the image error
-            assert "reachable from other machines" in caplog.text and "no authentication" in caplog.text
+    busy = socket.create_server(("127.0.0.1", 0))  # a port in use (so the wildcard case below never listens)
+    try:
+        for args, msg in [(["--host", "0.0.0.0"], "not a loopback address"),
+                          (["--host", "no-such-host.invalid"], "cannot resolve"),
+                          (["--port", str(busy.getsockname()[1])], "in use"),
+                          (["--host", "0.0.0.0", "--allow-remote", "--port", str(busy.getsockname()[1])], "in use"),
+                          (["--image", "missing.png"], "missing.png")]:
+            caplog.clear()
+            with pytest.raises(SystemExit) as e:
+                editor_main(common + args)
+            err = capsys.readouterr().err
+            assert e.value.code == 2 and err.startswith("editor: ") and msg in err and err.count("\n") == 1, err
+            # a non-loopback address needs --allow-remote, and then warns
+            assert ("reachable from other machines" in caplog.text) == ("--allow-remote" in args), caplog.text
+    finally:
+        busy.close()
     # --host localhost: a working server (the command's own loop), exporting into --export-dir
     servers = []
     thread = threading.Thread(target=editor_main, args=(common + ["--host", "localhost", "--export-dir", "out/ed"],),

@@ -353,6 +353,36 @@ def _split_host(value: str) -> tuple[str, int | None] | None:
     return name.rstrip("."), int(rest[1:]) if rest else None
 
 
+class AllowedHosts:
+    """Which Host header values (``name:port``) name a server that was asked to listen on ``host`` and bound
+    ``ip``:``port``. DNS rebinding needs a name the attacker controls, so names are listed explicitly (the one
+    given, ``localhost`` on loopback, this machine's names on a wildcard bind), while IP literals are checked
+    against the bound address (any address on a wildcard bind: an IP literal cannot be rebound)."""
+
+    def __init__(self, host: str, ip: str, port: int):
+        bound = ipaddress.ip_address(ip.split("%")[0])
+        self.port, self.loopback, self.wildcard = port, bound.is_loopback, bound.is_unspecified
+        self.names = {host.lower().rstrip(".")} - {ip.lower()}
+        self.ips = {bound}
+        if self.loopback:
+            self.names.add("localhost")
+            self.ips |= {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
+        if self.wildcard:
+            self.names |= {socket.gethostname().lower(), socket.getfqdn().lower(), "localhost"}
+
+    def __call__(self, value: str) -> bool:
+        parts = _split_host(value)
+        if parts is None or (parts[1] or 80) != self.port:
+            return False
+        if parts[0] in self.names:
+            return True
+        try:
+            ip = ipaddress.ip_address(parts[0])
+        except ValueError:
+            return False
+        return self.wildcard or ip in self.ips
+
+
 class EditorServer(ThreadingHTTPServer):
     """The editor's HTTP server: one thread per connection, and the addresses requests may name."""
 
@@ -365,34 +395,12 @@ class EditorServer(ThreadingHTTPServer):
         self.state, self.io_timeout, self.max_body = state, float(timeout), int(max_body)
         super().__init__((ip, port), EditorHandler)
         self.port = self.server_address[1]
-        bound = ipaddress.ip_address(ip.split("%")[0])
-        self.loopback, self.wildcard = bound.is_loopback, bound.is_unspecified
-        # Host names a request may use: DNS rebinding needs a name the attacker controls, so names are listed
-        # explicitly, while IP literals are checked against the bound address (any address on a wildcard bind)
-        self.names = {host.lower().rstrip(".")} - {ip.lower()}
-        self.ips = {bound}
-        if self.loopback:
-            self.names.add("localhost")
-            self.ips |= {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
-        if self.wildcard:
-            self.names |= {socket.gethostname().lower(), socket.getfqdn().lower(), "localhost"}
+        self.host_allowed = AllowedHosts(host, ip, self.port)
+        self.loopback = self.host_allowed.loopback
 
     def url(self) -> str:
         ip = self.server_address[0]
         return f"http://{f'[{ip}]' if ':' in ip else ip}:{self.port}/"
-
-    def host_allowed(self, value: str) -> bool:
-        parts = _split_host(value)
-        if parts is None or parts[1] != self.port:  # browsers always send the port when it is not 80
-            return False
-        name = parts[0]
-        if name in self.names:
-            return True
-        try:
-            ip = ipaddress.ip_address(name)
-        except ValueError:
-            return False
-        return self.wildcard or ip in self.ips
 
     def handle_error(self, request, client_address):  # never a traceback on stderr for a client's misdeed
         log.debug("connection from %s failed", client_address, exc_info=True)
@@ -821,12 +829,14 @@ def main(argv: list[str] | None = None, started: Callable[[EditorServer], None] 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # bind before the (slow) depth prediction, so a bad host or a busy port is reported at once
     try:
+        ip = resolve_host(args.host, args.allow_remote)[1]
+        if not ipaddress.ip_address(ip.split("%")[0]).is_loopback:
+            log.warning("listening on %s (%s), reachable from other machines: anyone who reaches it can edit "
+                        "trajectories and write exports into %s (there is no authentication)", args.host, ip,
+                        args.export_dir)
         server = EditorServer(args.host, args.port, allow_remote=args.allow_remote)
     except (ValueError, OSError) as e:
         p.exit(2, f"editor: cannot listen on {args.host}:{args.port}: {getattr(e, 'strerror', None) or e}\n")
-    if not server.loopback:
-        log.warning("serving on %s, reachable from other machines: anyone who reaches it can edit trajectories "
-                    "and write exports into %s (there is no authentication)", server.url(), args.export_dir)
     try:
         image0 = load_image(args.image)
         image, plan = resize_crop(image0, (args.height, args.width))
