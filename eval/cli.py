@@ -4,6 +4,7 @@ Commands:
   camera-metrics PRED GT     metrics between two camera files (JSON on stdout)
   estimate-poses VIDEO CAM   pose-estimation trials of one video against its camera file (JSON)
   fvd REAL FAKE              FVD between two folders of videos (JSON)
+  generate --out EXP_DIR ... the evaluation set of a model (see eval.generate), what `run` reads
   run EXP_DIR --out OUT      the full evaluation of samples/, gt_video/, camera_data/ (see eval.run)
   report RESULTS... --out D  Table-1 style Markdown/CSV and per-clip trajectory plots
 """
@@ -192,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("fake")
     _add_fvd_args(s)
     s.set_defaults(func=cmd_fvd)
+
+    from eval.generate import add_parser as add_generate_parser
+
+    add_generate_parser(sub)
 
     s = sub.add_parser("run", help="evaluate EXP_DIR (samples/, gt_video/, camera_data/)")
     s.add_argument("exp_dir")

@@ -12,6 +12,10 @@ from annotate.config import ConfigError, apply_overrides, from_dict, read_yaml
 
 SCALE_SOURCES = ("condition_frame", "clip", "relative")
 CAMERA_KINDS = ("realcam", "cami2v", "cameractrl", "motionctrl")
+# The paper's setting per plug-in (Tables 1 and 3): the baselines train on relative RealEstate10K cameras,
+# RealCam-I2V on metric ones (scale of the condition frame). data.scale_source=auto picks it.
+DEFAULT_SCALE_SOURCE = {"realcam": "condition_frame", "cami2v": "relative", "cameractrl": "relative",
+                        "motionctrl": "relative"}
 
 
 @dataclass
@@ -27,7 +31,7 @@ class DataConfig:
     stride_range: tuple[int, int] = (1, 10)  # training stride, uniform int; reduced for short clips
     val_stride: int = 8
     rand_cond_frame: bool = True  # training only; validation always uses frame 0
-    scale_source: str = "condition_frame"  # condition_frame | clip | relative (see train/data.py)
+    scale_source: str = "auto"  # auto (= DEFAULT_SCALE_SOURCE of camera.kind) | condition_frame | clip | relative
     num_workers: int = 2
     max_skips: int = 16  # unreadable videos tried in a row before a sample raises
     val_max_clips: int = 256
@@ -63,6 +67,7 @@ class OptimConfig:
     max_grad_norm: float = 0.5
     gradient_accumulation_steps: int = 1
     uncond_prob: float = 0.05  # CFG dropout unit (text-only, both, image-only: 5% each)
+    max_nonfinite_steps: int = 10  # optimizer steps in a row with non-finite loss/gradients (skipped) that stop a run
 
 
 @dataclass
@@ -106,6 +111,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    # input concatenation modes with their probabilities (train/camera/modes.py), e.g.
+    # "basic=0.7,interpolation=0.15,continuation=0.15"; recorded in plugin.safetensors
+    modes: str = "basic=1.0"
     resume: str = "auto"  # auto: newest complete checkpoint in output_dir; none: start afresh; or a folder
     overwrite: bool = False  # with resume=none: allow a non-empty output_dir (its contents are removed)
 
@@ -113,8 +121,21 @@ class TrainConfig:
 def check(cfg: TrainConfig) -> TrainConfig:
     if cfg.camera.kind not in CAMERA_KINDS:
         raise ConfigError(f"camera.kind must be one of {CAMERA_KINDS}, got {cfg.camera.kind!r}")
+    if cfg.data.scale_source == "auto":
+        cfg.data.scale_source = DEFAULT_SCALE_SOURCE[cfg.camera.kind]
     if cfg.data.scale_source not in SCALE_SOURCES:
-        raise ConfigError(f"data.scale_source must be one of {SCALE_SOURCES}, got {cfg.data.scale_source!r}")
+        raise ConfigError(f"data.scale_source must be auto or one of {SCALE_SOURCES}, "
+                          f"got {cfg.data.scale_source!r}")
+    from .camera.modes import parse_modes
+
+    try:
+        parse_modes(cfg.modes)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.run.max_steps < 0:
+        raise ConfigError(f"run.max_steps must be >= 0, got {cfg.run.max_steps}")
+    if cfg.optim.max_nonfinite_steps < 1:
+        raise ConfigError(f"optim.max_nonfinite_steps must be >= 1, got {cfg.optim.max_nonfinite_steps}")
     if cfg.run.mixed_precision not in ("no", "fp16", "bf16"):
         raise ConfigError(f"run.mixed_precision must be no, fp16 or bf16, got {cfg.run.mixed_precision!r}")
     if cfg.data.height % 8 or cfg.data.width % 8:

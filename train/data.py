@@ -8,7 +8,12 @@ One sample = ``frames`` frames of a kept clip (status ok, keep true) of one spli
 - cameras: c2w relative to the condition frame, translations multiplied by the scale of ``scale_source``:
   ``condition_frame`` = ``frame_scale`` of the condition frame (as the released RealCam-I2V code); when that is
   NaN (too few points in that frame) the clip ``scale`` is used instead; ``clip`` = the clip ``scale``;
-  ``relative`` = unscaled (CamI2V / CameraCtrl / MotionCtrl baselines).
+  ``relative`` = unscaled (CamI2V / CameraCtrl / MotionCtrl baselines). ``auto`` is resolved per camera kind
+  by train/config.py; a dataset built directly with ``auto`` uses ``condition_frame``;
+- concatenation mode (training with ``modes``, train/camera/modes.py): drawn per sample from the given
+  probabilities; interpolation and continuation use condition frame 0, and continuation gives the first
+  ``num_given`` frames, uniform in 1..frames//2. Validation is always basic. With the default (basic only) no
+  random number is drawn for it, so samples are the same as before modes existed.
 
 Determinism: the sampler yields ``(epoch, index)`` and every random choice of a sample comes from
 ``numpy.random.default_rng([seed, epoch, index])``, so a resumed run draws the same samples in any worker.
@@ -34,6 +39,7 @@ from annotate.manifest import read_manifest
 from annotate.output import read_table
 from annotate.video import VideoError, read_frames
 
+from .camera.modes import BASIC, CONTINUATION, MODE_NAMES, parse_modes
 from .config import DataConfig
 
 log = logging.getLogger("realcam.train")
@@ -105,7 +111,7 @@ def choose_frames(rng: np.random.Generator, n: int, frames: int, stride_range: t
 def condition_scale(clip: dict, frame_index: int, source: str) -> float:
     if source == "relative":
         return 1.0
-    if source == "condition_frame":
+    if source in ("condition_frame", "auto"):
         s = float(clip["frame_scale"][frame_index])
         if math.isfinite(s) and s > 0:
             return s
@@ -122,8 +128,11 @@ def resize_center_crop(frames: np.ndarray, plan: ResizeCrop) -> torch.Tensor:
 
 class CameraVideoDataset(Dataset):
     def __init__(self, cfg: DataConfig, split: str | None = None, train: bool = True, seed: int = 0,
-                 clips: list[dict] | None = None):
+                 clips: list[dict] | None = None, modes: str | dict = "basic=1.0"):
         self.cfg, self.train, self.seed = cfg, train, seed
+        probs = parse_modes(modes) if train else {"basic": 1.0}
+        self.mode_ids = np.array([MODE_NAMES.index(m) for m in probs])
+        self.mode_probs = np.array(list(probs.values()))
         self.split = split or (cfg.split if train else cfg.val_split)
         self.clips = clips if clips is not None else load_clips(cfg, self.split)
         if train is False and cfg.val_max_clips:
@@ -158,6 +167,13 @@ class CameraVideoDataset(Dataset):
         stride_opt = tuple(cfg.stride_range) if self.train else cfg.val_stride
         idx, stride = choose_frames(rng, clip["num_frames"], cfg.frames, stride_opt, self.train)
         cond = int(rng.integers(0, cfg.frames)) if self.train and cfg.rand_cond_frame else 0
+        mode, num_given = BASIC, 1
+        if len(self.mode_ids) > 1 or self.mode_ids[0] != BASIC:
+            mode = int(rng.choice(self.mode_ids, p=self.mode_probs))
+            if mode != BASIC:
+                cond = 0  # interpolation / continuation start from frame 0
+            if mode == CONTINUATION:
+                num_given = int(rng.integers(1, max(1, cfg.frames // 2) + 1))
         frames = read_frames(clip["video_path"], idx.tolist())
         plan = ResizeCrop.plan(frames.shape[1:3], (cfg.height, cfg.width))
         video = resize_center_crop(frames, plan)
@@ -168,6 +184,8 @@ class CameraVideoDataset(Dataset):
             "c2w": torch.from_numpy(to_4x4(c2w)).float(),
             "intrinsics": torch.from_numpy(plan.intrinsics(clip["intrinsics"][idx])).float(),
             "cond_index": cond,
+            "mode": mode,
+            "num_given": num_given,
             "stride": stride,
             "fps": max(1, int(clip["fps"] // stride)),
             "scale": scale,

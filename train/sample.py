@@ -5,7 +5,12 @@
         [--noise-shaping] [--loop] [--last-image end.jpg] [--continue-from outputs/prev --num-overlap 4]
 
 Trajectories: a preset (dolly, truck, pedestal, pan, tilt, orbit, zoom with ``:key=value`` parameters, metres
-and degrees; see train/inference/trajectory.py), a JSON keyframe file or a RealEstate10K camera file.
+and degrees; see train/inference/trajectory.py), a JSON keyframe file or a RealEstate10K camera file. A camera
+file is in RealEstate10K's relative units: give ``--annotations OUT`` (the annotation folder: the clip's metric
+``c2w_metric``, clip = the file's stem) or ``--trajectory-scale S`` (metres per unit); a metric plug-in (trained
+on metric cameras) refuses a camera file without either. ``--frame-stride`` (default: 8, the paper's test
+stride) picks every n-th line of a camera file; the fs embedding follows it (``fs_embedding``) unless ``--fs``.
+A plug-in samples only in the concatenation modes it was trained with (``--allow-untrained-mode`` overrides).
 The image is resized keeping its aspect ratio and centre-cropped to the model size; intrinsics default to the
 reference's rule for user images (f = 0.5 * max(resized H, W), centred principal point) or are given
 normalised (RealEstate10K convention) with ``--intrinsics``. Depth: Depth Anything V2 metric (``--depth-model``,
@@ -52,13 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     mdl.add_argument("--tiny", action="store_true", help="random tiny model (tests, smoke runs)")
     mdl.add_argument("--tiny-seed", type=int, default=0)
     mdl.add_argument("--device", default="auto")
-    mdl.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    mdl.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+                     help="auto: bf16 on a CUDA GPU that supports it, else fp16 on CUDA, fp32 on the CPU")
     cam = p.add_argument_group("camera and scene")
     cam.add_argument("--intrinsics", help="normalised fx,fy,cx,cy of the input image (RealEstate10K convention)")
     cam.add_argument("--depth-model", default=None, help="Depth Anything V2 metric hub id or folder "
                      "(default: annotate.depth.DEFAULT_MODEL)")
     cam.add_argument("--depth-file", help=".npy or .npz (array 'depth') metric depth of the image")
     cam.add_argument("--trace-scale", type=float, default=1.0, help="multiply translations (default 1)")
+    cam.add_argument("--annotations", help="annotation folder: a camera file takes its clip's metric c2w_metric")
+    cam.add_argument("--trajectory-scale", type=float, default=None,
+                     help="metres per unit of a RealEstate10K camera file (instead of --annotations)")
     cam.add_argument("--loop", action="store_true", help="out-and-back trajectory, last frame = the image")
     cam.add_argument("--ease", action="store_true", help="ease in/out the keyframe timing")
     cam.add_argument("--point-size", type=int, default=2)
@@ -70,8 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--guidance-rescale", type=float, default=0.7)
     smp.add_argument("--eta", type=float, default=1.0)
     smp.add_argument("--spacing", default="uniform_trailing", choices=("uniform", "uniform_trailing"))
-    smp.add_argument("--frame-stride", type=int, default=None, help="fs embedding (default: the model's)")
-    smp.add_argument("--fs", type=int, default=None, help="raw fs/fps embedding value (overrides the stride)")
+    smp.add_argument("--frame-stride", type=int, default=None,
+                     help="video frames (camera-file lines) between generated frames (default: the model's, 8)")
+    smp.add_argument("--fs", type=int, default=None,
+                     help="fs/fps embedding value (default: from the stride, as the backbone was trained)")
+    smp.add_argument("--no-progress", action="store_true", help="no DDIM progress bar")
     smp.add_argument("--frames", type=int, default=None)
     smp.add_argument("--height", type=int, default=None)
     smp.add_argument("--width", type=int, default=None)
@@ -85,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--continue-from", help="continuation: a previous output folder (video.mp4 + "
                      "trajectory.txt) or an mp4")
     mod.add_argument("--num-overlap", type=int, default=4, help="continuation: overlapping (latent) frames")
+    mod.add_argument("--allow-untrained-mode", action="store_true",
+                     help="sample in a concatenation mode the plug-in was not trained with")
     return p
 
 
@@ -110,9 +124,43 @@ def load_model(args):
         if args.tokenizer:
             tok = Tokenizer(args.tokenizer, (cfg.text_encoder.context_length if cfg else 77))
         model = load_dynamicrafter(args.checkpoint, config=cfg, tokenizer=tok)
-    model.to(device, DTYPES[args.dtype])
+    model.to(device, DTYPES[resolve_dtype(args.dtype, device)])
     model.schedule.float()
     return model.eval()
+
+
+def resolve_dtype(name: str, device) -> str:
+    """auto: bf16 on a CUDA GPU that has it (fp16 overflows more easily in the VAE), else fp16; fp32 on the CPU."""
+    if name != "auto":
+        return name
+    if torch.device(device).type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def camera_units(args, plugin) -> str:
+    """How a RealEstate10K camera file becomes metres, or a refusal that explains the choice."""
+    from train.inference.plugin import is_metric
+    from train.inference.trajectory import is_camera_file
+
+    if not is_camera_file(args.trajectory):
+        if args.annotations or args.trajectory_scale is not None:
+            raise SystemExit("--annotations / --trajectory-scale apply to a RealEstate10K camera file only; "
+                             f"{args.trajectory!r} is a preset or keyframe file (already in metres)")
+        return "metres"
+    if args.annotations and args.trajectory_scale is not None:
+        raise SystemExit("give --annotations or --trajectory-scale, not both")
+    if args.annotations:
+        return "metres (annotated c2w_metric)"
+    if args.trajectory_scale is not None:
+        return f"metres (x {args.trajectory_scale} per unit)"
+    if plugin is not None and is_metric(plugin):
+        raise SystemExit(
+            f"{args.trajectory} is a RealEstate10K camera file in relative units, but the plug-in "
+            f"{plugin.source} was trained on metric cameras (scale_source={plugin.scale_source}): give "
+            "--annotations OUT (the annotation folder; its c2w_metric of this clip) or --trajectory-scale S "
+            "(metres per unit), or --trajectory-scale 1 to use the file's units as metres on purpose")
+    return "relative (file units)"
 
 
 def _read_depth(path: str, image_hw0: tuple[int, int], plan, model_hw) -> np.ndarray:
@@ -151,7 +199,19 @@ def main(argv: list[str] | None = None) -> dict:
     s = model.cfg.sampling
     hw = (args.height or s.height, args.width or s.width)
     frames = args.frames or s.frames
-    stride = args.frame_stride or s.fs
+    from train.inference.pipeline import default_frame_stride
+
+    stride = args.frame_stride or default_frame_stride(model.cfg)
+    plugin = None
+    if args.plugin:
+        from train.inference.plugin import load_camera_plugin
+
+        plugin = load_camera_plugin(model, args.plugin)
+        log.info("camera plug-in %s (%s; modes %s; cameras %s)", plugin.source, plugin.kind,
+                 ",".join(plugin.modes), plugin.scale_source)
+    else:
+        log.warning("no --plugin: the backbone runs without camera control")
+    units = camera_units(args, plugin)
 
     # ---- condition image(s)
     overlap = None
@@ -197,36 +257,41 @@ def main(argv: list[str] | None = None) -> dict:
     scene_depth = float(np.median(centre[np.isfinite(centre) & (centre > 0)])) if centre.size else None
 
     # ---- trajectory
-    traj = load_trajectory(args.trajectory, frames, intr, hw, stride=stride, loop=args.loop,
-                           ease=args.ease or None, scene_depth=scene_depth)
+    try:
+        traj = load_trajectory(args.trajectory, frames, intr, hw, stride=stride, loop=args.loop,
+                               ease=args.ease or None, scene_depth=scene_depth, annotations=args.annotations,
+                               trajectory_scale=args.trajectory_scale)
+    except ValueError as e:
+        raise SystemExit(f"{args.trajectory}: {e}") from None
     if overlap is not None and prev_c2w is not None:
         traj = continuation_trajectory(prev_c2w, len(overlap), traj)
 
-    plugin = None
-    if args.plugin:
-        from train.inference.plugin import load_camera_plugin
-
-        plugin = load_camera_plugin(model, args.plugin)
-        log.info("camera plug-in %s (%s)", plugin.source, plugin.kind)
-    else:
-        log.warning("no --plugin: the backbone runs without camera control")
     mode = "continue" if overlap is not None else "interp" if last is not None else "loop" if args.loop else "plain"
     opts = SampleOptions(prompt=args.prompt, seed=args.seed, steps=args.steps, cfg_scale=args.cfg,
                          guidance_rescale=args.guidance_rescale, eta=args.eta, spacing=args.spacing,
                          frame_stride=stride, fs=args.fs, trace_scale=args.trace_scale,
                          noise_shaping=args.noise_shaping, shaping_threshold=args.shaping_threshold,
                          erosion_kernel=args.erosion_kernel, mask_binarize=args.mask_binarize,
-                         point_size=args.point_size, outlier_removal=not args.no_outlier_removal, mode=mode)
-    result = Pipeline(model, plugin).generate(image, intr, traj, opts, depth=depth, last_image=last,
-                                              overlap_frames=overlap)
+                         point_size=args.point_size, outlier_removal=not args.no_outlier_removal, mode=mode,
+                         allow_untrained_mode=args.allow_untrained_mode, progress=not args.no_progress)
+    from train.camera.modes import UntrainedModeError
+
+    try:
+        result = Pipeline(model, plugin).generate(image, intr, traj, opts, depth=depth, last_image=last,
+                                                  overlap_frames=overlap)
+    except UntrainedModeError as e:
+        raise SystemExit(str(e)) from None
     settings = {
         "options": opts.to_dict(),
         "inputs": {"image": args.image, "last_image": args.last_image, "continue_from": args.continue_from,
                    "num_overlap": len(overlap) if overlap is not None else 0, "trajectory": args.trajectory,
-                   "loop": args.loop, "ease": args.ease},
+                   "loop": args.loop, "ease": args.ease, "annotations": args.annotations,
+                   "trajectory_scale": args.trajectory_scale, "trajectory_units": units, "frame_stride": stride},
         "model": {"checkpoint": args.checkpoint, "tiny": args.tiny, "config": model.cfg.name,
                   "plugin": getattr(plugin, "source", None), "plugin_kind": getattr(plugin, "kind", None),
-                  "device": str(model.device), "dtype": args.dtype},
+                  "plugin_modes": list(getattr(plugin, "modes", []) or []),
+                  "plugin_scale_source": getattr(plugin, "scale_source", None),
+                  "device": str(model.device), "dtype": str(model.dtype).replace("torch.", "")},
         "image": {"size_hw": list(hw), "source_hw": list(image0.shape[:2]), "resized_hw": list(plan.resized_hw),
                   "crop_top_left": [plan.top, plan.left], "intrinsics_px": intr.tolist()},
         "depth": {"file": args.depth_file, "model": None if args.depth_file else (args.depth_model or "default"),

@@ -9,12 +9,21 @@ so a resumed run reproduces the uninterrupted one exactly.
 
 metrics.jsonl is appended: after a resume the steps after the checkpoint are logged again (a
 ``{"event": "resume", "step": N}`` line marks it); readers keep the last line of each step.
+
+Faults (issue 12): an optimizer step whose loss or gradients are non-finite on any rank makes no update (it
+still counts as a step; ``step_skipped`` and ``nonfinite_steps`` in metrics.jsonl and trainer_state.json), and
+``optim.max_nonfinite_steps`` of them in a row stop the run with a :class:`TrainingError`. Under DeepSpeed the
+engine's own overflow check skips the step (switched on in fp32 too). A checkpoint is never written from
+non-finite plug-in weights. Resume verifies the newest checkpoint (:func:`verify_checkpoint`) and falls back to
+the newest intact one; damaged ones are renamed ``damaged-step-NNNNNNN`` so that neither a resume nor the
+checkpoint limit counts them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -31,6 +40,7 @@ from annotate.camera import c2w_to_w2c, intrinsics_to_normalized
 from annotate.config import ConfigError, dump_yaml
 
 from .camera import CameraControlledUNet, CameraPlugin, count_parameters
+from .camera.modes import concat_condition, plugin_metadata
 from .config import TrainConfig
 from .data import CameraVideoDataset, ResumableSampler, collate
 
@@ -39,6 +49,10 @@ log = logging.getLogger("realcam.train")
 CKPT_RE = re.compile(r"^step-(\d{7})$")
 STATE_FILE = "trainer_state.json"
 PLUGIN_FILE = "plugin.safetensors"
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite steps in a row, non-finite weights); the message is one line."""
 
 
 # ------------------------------------------------------------------------------------------------ run folder
@@ -53,8 +67,85 @@ def find_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return max(done, key=lambda p: int(CKPT_RE.match(p.name)[1]), default=None)
 
 
-def resolve_resume(cfg: TrainConfig) -> Path | None:
-    """Which checkpoint to load; raises for resume=none on a non-empty folder without overwrite."""
+def _nonneg_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def verify_checkpoint(path: str | os.PathLike) -> str | None:
+    """None if the checkpoint is intact, else why not, naming the file: trainer_state.json parses with
+    non-negative steps matching the folder name, every file it lists has its recorded size (older checkpoints
+    without the list: plugin.safetensors present), plugin.safetensors reads with every tensor finite, and the
+    torch zip files (optimizer, DeepSpeed states) pass their CRC check. Nothing is unpickled."""
+    import zipfile
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return f"{STATE_FILE}: missing"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"{STATE_FILE}: not readable JSON ({e.__class__.__name__}: {e})"
+    if not isinstance(state, dict):
+        return f"{STATE_FILE}: not a JSON object"
+    for key in ("global_step", "micro_step"):
+        if not _nonneg_int(state.get(key)):
+            return f"{STATE_FILE}: {key} must be a non-negative integer, got {state.get(key)!r}"
+    if not isinstance(state.get("sampler"), dict):
+        return f"{STATE_FILE}: sampler state missing"
+    m = CKPT_RE.match(path.name)
+    if m and int(m[1]) != state["global_step"]:
+        return f"{STATE_FILE}: global_step {state['global_step']} does not match the folder name {path.name}"
+    files = state.get("files", {PLUGIN_FILE: None})
+    if not isinstance(files, dict):
+        return f"{STATE_FILE}: files must be an object of file sizes"
+    for name, size in sorted(files.items()):
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            return f"{STATE_FILE}: file {name!r} lies outside the checkpoint"
+        f = path / name
+        if not f.is_file():
+            return f"{name}: missing"
+        if size is not None and f.stat().st_size != size:
+            return f"{name}: {f.stat().st_size} bytes, {size} recorded (truncated or replaced)"
+        if f.suffix in (".bin", ".pt"):
+            try:
+                with zipfile.ZipFile(f) as z:
+                    bad = z.testzip()
+            except (OSError, zipfile.BadZipFile) as e:
+                return f"{name}: not a readable torch file ({e})"
+            if bad is not None:
+                return f"{name}: damaged (CRC error in {bad})"
+    try:
+        weights = load_file(str(path / PLUGIN_FILE))
+    except (OSError, SafetensorError, ValueError, RuntimeError) as e:
+        return f"{PLUGIN_FILE}: not readable ({e.__class__.__name__}: {e})"
+    if not weights:
+        return f"{PLUGIN_FILE}: holds no tensors"
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        return f"{PLUGIN_FILE}: {len(bad)} tensors with non-finite values (first: {sorted(bad)[0]})"
+    return None
+
+
+def intact_checkpoint(output_dir: str | os.PathLike) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """Newest intact checkpoint of a run and the damaged ones newer than it (with the reason)."""
+    root = Path(output_dir) / "checkpoints"
+    found = sorted((p for p in root.iterdir() if CKPT_RE.match(p.name)), reverse=True) if root.is_dir() else []
+    damaged = []
+    for p in found:
+        why = verify_checkpoint(p)
+        if why is None:
+            return p, damaged
+        damaged.append((p, why))
+    return None, damaged
+
+
+def resolve_resume(cfg: TrainConfig, damaged: list | None = None) -> Path | None:
+    """Which checkpoint to load; raises for resume=none on a non-empty folder without overwrite, for a damaged
+    resume=FOLDER, and when every checkpoint of resume=auto is damaged. The damaged checkpoints newer than the
+    one chosen are appended to ``damaged`` as (folder, reason)."""
     out = Path(cfg.run.output_dir)
     if cfg.resume == "none":
         if out.exists() and any(out.iterdir()) and not cfg.overwrite:
@@ -62,10 +153,19 @@ def resolve_resume(cfg: TrainConfig) -> Path | None:
                               "(pass overwrite=true, or resume=auto to continue it)")
         return None
     if cfg.resume == "auto":
-        return find_checkpoint(out)
+        path, bad = intact_checkpoint(out)
+        if bad and path is None:
+            raise ConfigError(f"no intact checkpoint in {out / 'checkpoints'}: " + "; ".join(
+                f"{p.name}/{why}" for p, why in bad) + " (resume=none overwrite=true starts afresh)")
+        if damaged is not None:
+            damaged += bad
+        return path
     path = Path(cfg.resume)
     if not (path / STATE_FILE).exists():
         raise ConfigError(f"resume={path}: not a complete checkpoint (no {STATE_FILE})")
+    why = verify_checkpoint(path)
+    if why is not None:
+        raise ConfigError(f"resume={path}: damaged checkpoint: {why}")
     return path
 
 
@@ -139,7 +239,8 @@ class Trainer:
 
         self.cfg = cfg
         self.out = Path(cfg.run.output_dir)
-        resume_from = resolve_resume(cfg)  # every rank checks before anyone writes
+        damaged: list[tuple[Path, str]] = []
+        resume_from = resolve_resume(cfg, damaged)  # every rank checks before anyone writes
         ga = cfg.optim.gradient_accumulation_steps
         ds_plugin = None
         env_ds = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
@@ -166,6 +267,12 @@ class Trainer:
         logging.basicConfig(level=logging.INFO if acc.is_main_process else logging.WARNING,
                             format=f"%(asctime)s [rank {acc.process_index}] %(name)s: %(message)s", force=True)
         if acc.is_main_process:
+            for path, why in damaged:  # out of the way of resume and of checkpoints_total_limit, kept for a look
+                aside = path.with_name(f"damaged-{path.name}")
+                log.warning("checkpoint %s is damaged (%s): renamed %s, resuming from %s", path, why, aside.name,
+                            resume_from.name)
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(path, aside)
             if resume_from is None and cfg.resume == "none" and self.out.exists():
                 shutil.rmtree(self.out)  # overwrite=true (checked above)
             self.out.mkdir(parents=True, exist_ok=True)
@@ -201,7 +308,7 @@ class Trainer:
                                            weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps)
 
         # ---- data: our own rank-sharded resumable sampler (not prepared, so the order is exactly ours)
-        self.train_set = CameraVideoDataset(cfg.data, train=True, seed=cfg.run.seed)
+        self.train_set = CameraVideoDataset(cfg.data, train=True, seed=cfg.run.seed, modes=cfg.modes)
         self.val_set = CameraVideoDataset(cfg.data, train=False, seed=cfg.run.seed)
         if len(self.train_set) == 0:
             raise RuntimeError(f"no kept clips of split {cfg.data.split!r} in {cfg.data.annotation_dir}")
@@ -215,6 +322,9 @@ class Trainer:
             dsc["train_micro_batch_size_per_gpu"] = cfg.run.batch_size
             dsc["gradient_clipping"] = cfg.optim.max_grad_norm
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        if self.is_ds and hasattr(self.model.optimizer, "check_grad_overflow"):
+            # ZeRO checks gradients for inf/NaN only in fp16/bf16; in fp32 too, a non-finite step must be skipped
+            self.model.optimizer.check_grad_overflow = True
         self.model.train()
         self.backbone.unet.train()  # training flag drives gradient checkpointing; dropout stays off
         dropout_off(self.backbone.unet)
@@ -233,6 +343,9 @@ class Trainer:
         self.global_step = 0
         self.micro_step = 0
         self.skipped = 0
+        self.nonfinite_steps = 0  # optimizer steps skipped for a non-finite loss or gradient
+        self.nonfinite_in_a_row = 0
+        self.last_checkpoint: Path | None = resume_from
 
     # -------------------------------------------------------------------------------- checkpoint hooks
     def _save_hook(self, models, weights, output_dir):
@@ -241,7 +354,7 @@ class Trainer:
 
             plugin = self.accelerator.unwrap_model(self.model).plugin
             save_file({k: v.detach().float().cpu().contiguous() for k, v in plugin.state_dict().items()},
-                      str(Path(output_dir) / PLUGIN_FILE), metadata={"kind": self.cfg.camera.kind})
+                      str(Path(output_dir) / PLUGIN_FILE), metadata=plugin_metadata(self.cfg))
         weights.clear()  # the frozen backbone is not saved; plugin.safetensors holds the trainable weights
 
     def _load_hook(self, models, input_dir):
@@ -253,11 +366,25 @@ class Trainer:
             plugin.load_state_dict({k: v.to(plugin.state_dict()[k].dtype) for k, v in sd.items()})
         models.clear()
 
+    def _nonfinite_weights(self) -> list[str]:
+        """Names of plug-in tensors with inf/NaN; every rank returns the same answer (flag all-reduced)."""
+        plugin = self.accelerator.unwrap_model(self.model).plugin
+        bad = [k for k, v in plugin.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        flag = torch.tensor(float(len(bad)), device=self.accelerator.device)
+        if int(self.accelerator.reduce(flag, "sum").item()) and not bad:
+            bad = ["(on another rank)"]
+        return sorted(bad)
+
     def save_checkpoint(self) -> Path:
         acc = self.accelerator
         root = self.out / "checkpoints"
         final = root / f"step-{self.global_step:07d}"
         tmp = root / f".tmp-step-{self.global_step:07d}"
+        bad = self._nonfinite_weights()
+        if bad:  # checked before anything is written or rotated: good checkpoints stay
+            raise TrainingError(f"plug-in weights are non-finite at step {self.global_step} ({len(bad)} tensors, "
+                                f"first: {bad[0]}); checkpoint {final.name} not written; newest good checkpoint: "
+                                f"{self.last_checkpoint or 'none'}")
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -266,7 +393,11 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             state = {"global_step": self.global_step, "micro_step": self.micro_step, "skipped": self.skipped,
-                     "sampler": self.sampler.state_dict(), "world_size": acc.num_processes}
+                     "nonfinite_steps": self.nonfinite_steps, "nonfinite_in_a_row": self.nonfinite_in_a_row,
+                     "sampler": self.sampler.state_dict(), "world_size": acc.num_processes,
+                     # sizes of every file, so that a resume can tell a truncated or missing one
+                     "files": {f.relative_to(tmp).as_posix(): f.stat().st_size
+                               for f in sorted(tmp.rglob("*")) if f.is_file()}}
             (tmp / STATE_FILE).write_text(json.dumps(state))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -277,16 +408,23 @@ class Trainer:
                     shutil.rmtree(old)
             log.info("saved %s", final)
         acc.wait_for_everyone()
+        self.last_checkpoint = final
         return final
 
     def load_checkpoint(self, path: Path) -> None:
-        self.accelerator.load_state(str(path))
+        try:
+            self.accelerator.load_state(str(path))
+        except Exception as e:  # noqa: BLE001  verified beforehand; what is left is a mismatch with this config
+            raise ConfigError(f"cannot resume from {path}: {e.__class__.__name__}: {str(e).splitlines()[0]}") \
+                from e
         state = json.loads((path / STATE_FILE).read_text())
         if state.get("world_size", 1) != self.accelerator.num_processes:
             log.warning("resuming a %s-process checkpoint on %s processes: the data order changes",
                         state.get("world_size"), self.accelerator.num_processes)
         self.global_step, self.micro_step = state["global_step"], state["micro_step"]
         self.skipped = state.get("skipped", 0)
+        self.nonfinite_steps = state.get("nonfinite_steps", 0)
+        self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
         self.sampler.load_state_dict(state["sampler"])
         self.accelerator.print(f"resumed from {path} at step {self.global_step}")
 
@@ -342,7 +480,8 @@ class Trainer:
         noise_z = torch.randn(enc["mean"].shape, generator=gen).to(dev)
         z = (enc["mean"].float() + enc["std"].float() * noise_z) * bb.cfg.vae.scale_factor
         cond_idx = batch["cond_index"].to(dev)
-        concat = z[torch.arange(b, device=dev), :, cond_idx][:, :, None].expand(-1, -1, f, -1, -1)
+        # the sample's concatenation mode decides which clean latent frames are given (train/camera/modes.py)
+        concat = concat_condition(z, cond_idx, batch["mode"].to(dev), batch["num_given"].to(dev))
         # CFG dropout (reference §3.6): one r per sample; text dropped if r < 2p, image if p <= r < 3p.
         p = cfg.optim.uncond_prob
         r = torch.rand(b, generator=gen).to(dev)
@@ -396,11 +535,14 @@ class Trainer:
                 clip_ids += batch["clip_id"]
                 with acc.accumulate(self.model):
                     loss = self.compute_loss(batch, gen)
-                    acc.backward(loss)
-                    grad_norm = None
-                    if acc.sync_gradients and not self.is_ds:
-                        grad_norm = acc.clip_grad_norm_(self.params, cfg.optim.max_grad_norm)
-                    self.optimizer.step()
+                    acc.backward(loss)  # DeepSpeed also steps here at the boundary, skipping non-finite gradients
+                    grad_norm, skip = None, False
+                    if acc.sync_gradients:
+                        if not self.is_ds:
+                            grad_norm = acc.clip_grad_norm_(self.params, cfg.optim.max_grad_norm)
+                        skip = self._nonfinite_step(losses + [loss.detach()], grad_norm)
+                    if not skip or acc.scaler is not None:  # fp16: the GradScaler skips it and lowers its scale
+                        self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 losses.append(loss.detach())
                 if not acc.sync_gradients:
@@ -414,16 +556,28 @@ class Trainer:
                 mean_loss = acc.reduce(torch.stack(losses).mean(), "mean").item()
                 last = {"step": self.global_step, "loss": mean_loss, "lr": self.optimizer.param_groups[0]["lr"],
                         "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                        "samples_per_s": sps, "epoch": epoch, "skipped_videos": self.skipped}
+                        "samples_per_s": sps, "epoch": epoch, "skipped_videos": self.skipped,
+                        "step_skipped": skip, "nonfinite_steps": self.nonfinite_steps}
                 if cfg.run.log_clip_ids:
                     from accelerate.utils import gather_object
 
                     last["clip_ids_by_rank"] = {str(r): ids for r, ids in gather_object([(acc.process_index,
                                                                                             clip_ids)])}
                 losses, clip_ids = [], []
-                if self.global_step % cfg.run.log_every == 0 or self.global_step == cfg.run.max_steps:
+                limit = cfg.optim.max_nonfinite_steps
+                if self.global_step % cfg.run.log_every == 0 or self.global_step == cfg.run.max_steps or skip:
                     self._metrics(last)
                     acc.log({k: v for k, v in last.items() if isinstance(v, int | float)}, step=self.global_step)
+                if skip:
+                    log.warning("step %d: non-finite loss or gradients (loss %s, grad norm %s): no update "
+                                "(%d in a row, limit optim.max_nonfinite_steps=%d)", self.global_step, mean_loss,
+                                last["grad_norm"], self.nonfinite_in_a_row, limit)
+                    if self.nonfinite_in_a_row >= limit:
+                        raise TrainingError(
+                            f"{self.nonfinite_in_a_row} optimizer steps in a row (steps "
+                            f"{self.global_step - self.nonfinite_in_a_row + 1}-{self.global_step}) had a non-finite "
+                            f"loss or gradients (limit optim.max_nonfinite_steps={limit}); stopping. Newest good "
+                            f"checkpoint: {self.last_checkpoint or 'none'}")
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{sps:.2f}")
@@ -441,6 +595,20 @@ class Trainer:
             bar.close()
         acc.end_training()
         return last or {}
+
+    def _nonfinite_step(self, losses: list[torch.Tensor], grad_norm) -> bool:
+        """Whether this optimizer step had a non-finite loss (any micro-step, any rank) or gradient norm (under
+        DeepSpeed: whether the engine skipped it); counts it. Called on every rank at every boundary."""
+        bad = not bool(torch.isfinite(torch.stack(losses)).all())
+        if self.is_ds:
+            bad = bad or not self.model.was_step_applied()
+        elif grad_norm is not None:
+            bad = bad or not math.isfinite(float(grad_norm))
+        flag = torch.tensor(float(bad), device=self.accelerator.device)
+        bad = bool(self.accelerator.reduce(flag, "sum").item() > 0)  # every rank skips, or none
+        self.nonfinite_steps += bad
+        self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if bad else 0
+        return bad
 
     def _metrics(self, row: dict) -> None:
         if self.accelerator.is_main_process:

@@ -11,6 +11,11 @@
 4. DDIM (``DDIMSampler.sample``) with the hooks of shaping.py: noise shaping at t >= threshold, continuation
    pasting of the first ``num_overlap`` latent frames at every step and clean at the end.
 
+Concatenation modes (train/camera/modes.py): with a camera plug-in, the mode must be one the plug-in was trained
+with (plain: basic, loop/interp: interpolation, continue: continuation; ``allow_untrained_mode`` overrides),
+and continuation gives the UNet the clean overlap latents in the condition video as in training (frames 0..n-1,
+zeros after). Without a plug-in the backbone's own layouts are used (continuation: first-frame latent repeated).
+
 Randomness: ``seed`` drives the VAE posterior sample of the condition and the DDIM noise exactly as
 ``DynamiCrafter.sample`` does; the hook noise (seed + 1) and the VAE samples of the preview / overlap frames
 (seed + 2) have their own generators, so shaping with no shaped step reproduces the plain sample exactly.
@@ -19,6 +24,7 @@ Randomness: ``seed`` drives the VAE posterior sample of the condition and the DD
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -33,6 +39,22 @@ from .trajectory import Trajectory
 log = logging.getLogger("realcam.inference")
 
 MODES = ("plain", "loop", "interp", "continue")
+# Frame stride: video frames (camera-file lines) between generated frames. The paper's test protocol uses 8
+# for every model (reference §3.5); it is separate from the fs embedding value (fs_embedding).
+DEFAULT_FRAME_STRIDE = {"dynamicrafter_256": 8, "dynamicrafter_512": 8, "dynamicrafter_1024": 8}
+FPS_MODELS = ("dynamicrafter_512", "dynamicrafter_1024")  # fs embedding = fps_ori // stride (reference §3.1)
+
+
+def default_frame_stride(model_cfg) -> int:
+    return DEFAULT_FRAME_STRIDE.get(model_cfg.name, 8)
+
+
+def fs_embedding(model_cfg, stride: int, fps_ori: float = 30.0) -> int:
+    """The fs value the backbone was trained with for this stride: the stride itself (256 / tiny, 'fs'
+    models) or the frame rate fps_ori // stride (512 / 1024, 'fps' models)."""
+    if model_cfg.name in FPS_MODELS:
+        return max(1, int(fps_ori // stride))
+    return int(stride)
 
 
 @dataclass
@@ -44,8 +66,8 @@ class SampleOptions:
     guidance_rescale: float = 0.7
     eta: float = 1.0
     spacing: str = "uniform_trailing"
-    frame_stride: int = 3  # fed as the fs embedding (256 models); use `fs` for fps-conditioned (512) models
-    fs: int | None = None
+    frame_stride: int = 8  # video frames between generated frames (the paper's test stride)
+    fs: int | None = None  # fs embedding value; None = fs_embedding(model, frame_stride)
     trace_scale: float = 1.0  # translations x this for the camera condition and the preview
     noise_shaping: bool = False
     shaping_threshold: int = 900  # shape every DDIM step with DDPM t >= this
@@ -54,6 +76,8 @@ class SampleOptions:
     point_size: int = 2
     outlier_removal: bool = True
     mode: str = "plain"  # plain | loop | interp | continue
+    allow_untrained_mode: bool = False  # sample in a mode the plug-in was not trained with
+    progress: bool = False  # rich progress bar over the DDIM steps (stderr)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +108,21 @@ def to_tensor(frames: np.ndarray, device, dtype=torch.float32) -> torch.Tensor:
 def to_uint8(video: torch.Tensor) -> np.ndarray:
     """[1, 3, F, H, W] in ~[-1, 1] -> uint8 [F, H, W, 3]."""
     return ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).cpu().numpy()
+
+
+@contextmanager
+def ddim_progress(steps: int, enabled: bool, description: str = "DDIM"):
+    """A DDIMSampler callback that advances a rich progress bar on stderr (None when disabled)."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=steps)
+        yield lambda i, x, x0: bar.advance(task)
 
 
 class Pipeline:
@@ -121,6 +160,11 @@ class Pipeline:
             raise ValueError("interp mode needs last_image")
         if mode == "continue" and overlap_frames is None:
             raise ValueError("continue mode needs overlap_frames")
+        if self.plugin is not None:
+            from train.camera.modes import check_mode
+
+            check_mode(mode, getattr(self.plugin, "modes", ("basic",)),
+                       f"camera plug-in {getattr(self.plugin, 'source', '(in memory)')}", opts.allow_untrained_mode)
         if mode == "loop":
             last_image = image
         elif mode != "interp":
@@ -170,17 +214,22 @@ class Pipeline:
             z0 = m.encode_first_stage(to_tensor(overlap_frames, dev, dt), enc_gen).float()
             z0[:, :, 0] = z_img.float()
             paster = OverlapPaster(m.schedule, z0, hook_gen)
+            if self.plugin is not None:  # the continuation layout the plug-in was trained with
+                for c in (cond, uncond):
+                    c["concat"] = torch.zeros_like(c["concat"])
+                    c["concat"][:, :, :n] = z0.to(c["concat"].dtype)
 
-        fs_val = opts.fs if opts.fs is not None else opts.frame_stride
+        fs_val = opts.fs if opts.fs is not None else fs_embedding(m.cfg, opts.frame_stride)
         fs_t = torch.full((b,), int(fs_val), dtype=torch.long, device=dev)
 
         def model_fn(x, t, c_):
             return m.apply_model(x.to(dt), t, c_, fs=fs_t, **unet_kwargs).float()
 
         sampler = DDIMSampler(m.schedule, opts.steps, opts.spacing, opts.eta)
-        latents = sampler.sample(model_fn, (b, m.cfg.unet.out_channels, frames, lh, lw), cond, uncond,
-                                 guidance_scale=opts.cfg_scale, guidance_rescale=opts.guidance_rescale,
-                                 generator=gen, device=dev, x_t_hook=chain(shaper, paster))
+        with ddim_progress(len(sampler.timesteps), opts.progress) as callback:
+            latents = sampler.sample(model_fn, (b, m.cfg.unet.out_channels, frames, lh, lw), cond, uncond,
+                                     guidance_scale=opts.cfg_scale, guidance_rescale=opts.guidance_rescale,
+                                     generator=gen, device=dev, x_t_hook=chain(shaper, paster), callback=callback)
         if paster is not None:
             latents = paster.finalize(latents)
         video = to_uint8(m.decode_first_stage(latents.to(dt)))

@@ -4,6 +4,11 @@ Accepted paths: the ``plugin.safetensors`` file, a checkpoint folder holding it 
 run folder (its newest complete checkpoint). The plug-in's CameraConfig comes from the run's ``config.yaml``
 (searched in the parent folders) or, failing that, the defaults with the ``kind`` stored in the file's
 metadata. Loading is strict: a missing or unexpected key is an error.
+
+The loaded plug-in carries ``modes`` (the concatenation modes it was trained with: file metadata, else the
+run's config.yaml, else basic only) and ``scale_source`` (its camera units: ``relative`` = RealEstate10K
+units, anything else = metres; file metadata, else config.yaml, else the kind's paper default), which the
+pipeline and train/sample.py check before sampling.
 """
 
 from __future__ import annotations
@@ -40,20 +45,45 @@ def plugin_metadata(path: str | Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def camera_config_for(plugin_file: Path):
-    """The run's CameraConfig (config.yaml up to three folders above the file), else defaults + file kind."""
-    from train.config import CameraConfig, load_train_config
+def run_config_for(plugin_file: Path):
+    """The run's TrainConfig (config.yaml up to three folders above the file), or None."""
+    from train.config import load_train_config
 
     for parent in list(plugin_file.resolve().parents)[:4]:
         cfg_path = parent / "config.yaml"
         if cfg_path.is_file():
             try:
-                return load_train_config(str(cfg_path)).camera
+                return load_train_config(str(cfg_path))
             except Exception as e:  # noqa: BLE001 - a foreign config.yaml: fall back to the metadata
                 log.warning("cannot read camera config from %s (%s); using the plug-in metadata", cfg_path, e)
-                break
+                return None
+    return None
+
+
+def camera_config_for(plugin_file: Path):
+    """The run's CameraConfig, else defaults + file kind."""
+    from train.config import CameraConfig
+
+    run = run_config_for(plugin_file)
+    if run is not None:
+        return run.camera
     kind = plugin_metadata(plugin_file).get("kind", "realcam")
     return CameraConfig(kind=kind)
+
+
+def training_facts(plugin_file: Path, kind: str) -> tuple[tuple[str, ...], str]:
+    """(trained modes, scale_source) of a plug-in file: metadata, else config.yaml, else the defaults."""
+    from train.camera.modes import modes_from_metadata, parse_modes
+    from train.config import DEFAULT_SCALE_SOURCE
+
+    meta = plugin_metadata(plugin_file)
+    run = None if ("modes" in meta and "scale_source" in meta) else run_config_for(plugin_file)
+    if "modes" in meta or run is None:
+        modes = modes_from_metadata(meta)
+    else:
+        modes = tuple(parse_modes(run.modes))
+    source = meta.get("scale_source") or (run.data.scale_source if run is not None else DEFAULT_SCALE_SOURCE[kind])
+    return modes, source
 
 
 def load_camera_plugin(model, path: str | Path, camera_cfg=None):
@@ -71,17 +101,29 @@ def load_camera_plugin(model, path: str | Path, camera_cfg=None):
     plugin.to(model.device, model.dtype).eval()
     plugin.requires_grad_(False)
     plugin.source = str(file)
+    plugin.modes, plugin.scale_source = training_facts(file, cfg.kind)
     return plugin
 
 
-def save_plugin(plugin, path: str | Path) -> Path:
-    """Write a plug-in as the trainer does (float32 tensors, metadata kind) - for tests and conversions."""
+def is_metric(plugin) -> bool:
+    """Trained on metric cameras (RealCam) rather than RealEstate10K's relative units (the baselines)."""
+    return getattr(plugin, "scale_source", "condition_frame") != "relative"
+
+
+def save_plugin(plugin, path: str | Path, modes: str | dict | None = None, scale_source: str | None = None) -> Path:
+    """Write a plug-in as the trainer does (float32 tensors; metadata kind, modes, scale_source) - for tests and
+    conversions. Unset modes / scale_source: basic only / the kind's paper default."""
     from safetensors.torch import save_file
+
+    from train.camera.modes import modes_metadata, parse_modes
+    from train.config import DEFAULT_SCALE_SOURCE
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"kind": plugin.kind, "modes": modes_metadata(parse_modes(modes or "basic")),
+            "scale_source": scale_source or DEFAULT_SCALE_SOURCE[plugin.kind]}
     save_file({k: v.detach().float().cpu().contiguous() for k, v in plugin.state_dict().items()}, str(path),
-              metadata={"kind": plugin.kind})
+              metadata=meta)
     return path
 
 

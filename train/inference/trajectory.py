@@ -233,9 +233,41 @@ def re10k_trajectory(path, num_frames: int, stride: int = 1, loop: bool = False,
     `loop` the chosen poses are followed by their reverse before resampling to `num_frames`. Translations
     stay in the file's units (multiply by a metric scale / trace scale as needed)."""
     traj = read_camera_file(path)
-    c2w = relative_to(w2c_to_c2w(traj.w2c), 0)
-    intr = traj.intrinsics
-    times = traj.timestamps_us.astype(np.float64)
+    return _select(relative_to(w2c_to_c2w(traj.w2c), 0), traj.intrinsics, traj.timestamps_us.astype(np.float64),
+                   num_frames, stride, loop, image_hw, use_file_intrinsics)
+
+
+def annotated_c2w_metric(annotation_dir, clip_id: str, num_lines: int | None = None) -> np.ndarray:
+    """The clip's ``c2w_metric`` [F, 4, 4] (metres, relative to its first frame) from an annotation folder
+    (annotation contract); raises ValueError naming the clip and folder when it is absent or unusable."""
+    from annotate.output import read_table
+
+    rows = [r for r in read_table(annotation_dir, ["clip_id", "status", "num_frames", "c2w_metric"]).to_pylist()
+            if r["clip_id"] == clip_id]
+    if not rows:
+        raise ValueError(f"clip {clip_id!r} (the camera file's name) is not in the annotation folder {annotation_dir}")
+    r = rows[-1]
+    c2w = np.asarray(r["c2w_metric"], np.float64).reshape(-1, 4, 4) if r["c2w_metric"] else np.zeros((0, 4, 4))
+    if r["status"] != "ok" or not len(c2w) or not np.isfinite(c2w).all():
+        raise ValueError(f"clip {clip_id!r} in {annotation_dir} has no metric cameras (status {r['status']!r})")
+    if num_lines is not None and len(c2w) != num_lines:
+        raise ValueError(f"clip {clip_id!r}: the camera file has {num_lines} poses, the annotation {len(c2w)}")
+    return c2w
+
+
+def metric_re10k_trajectory(path, annotation_dir, num_frames: int, stride: int = 1, loop: bool = False,
+                            image_hw: tuple[int, int] | None = None,
+                            use_file_intrinsics: bool = False) -> Trajectory:
+    """As :func:`re10k_trajectory`, in metres: the poses are the annotated ``c2w_metric`` of the clip named by
+    the file's stem (same lines, same selection), so frame k of the result is c2w_metric[k * stride]."""
+    traj = read_camera_file(path)
+    c2w = annotated_c2w_metric(annotation_dir, Path(path).stem, len(traj.w2c))
+    return _select(c2w, traj.intrinsics, traj.timestamps_us.astype(np.float64), num_frames, stride, loop,
+                   image_hw, use_file_intrinsics)
+
+
+def _select(c2w: np.ndarray, intr: np.ndarray, times: np.ndarray, num_frames: int, stride: int, loop: bool,
+            image_hw: tuple[int, int] | None, use_file_intrinsics: bool) -> Trajectory:
     span = (num_frames - 1) * stride + 1
     if len(c2w) >= span and not loop:
         idx = np.arange(num_frames) * stride
@@ -300,11 +332,28 @@ def continuation_trajectory(prev_c2w: np.ndarray, num_overlap: int, motion: Traj
 # ------------------------------------------------------------------------------------------------ one entry point
 
 
+def is_camera_file(spec: str) -> bool:
+    """A RealEstate10K camera file (relative units unless metric scale is given), not a preset or keyframes."""
+    p = Path(spec)
+    return p.suffix.lower() != ".json" and p.is_file()
+
+
 def load_trajectory(spec: str, num_frames: int, image_intr: np.ndarray, image_hw: tuple[int, int],
                     stride: int = 1, loop: bool = False, ease: bool | None = None,
-                    scene_depth: float | None = None) -> Trajectory:
-    """`spec`: a preset (``orbit:angle=20``), a .json keyframe file, or a RealEstate10K .txt camera file."""
+                    scene_depth: float | None = None, annotations: str | None = None,
+                    trajectory_scale: float | None = None) -> Trajectory:
+    """`spec`: a preset (``orbit:angle=20``), a .json keyframe file, or a RealEstate10K .txt camera file.
+
+    A camera file is in RealEstate10K's relative units; ``annotations`` (an annotation folder: the clip's
+    ``c2w_metric``) or ``trajectory_scale`` (metres per unit) puts it in metres. Both apply to camera files only."""
     p = Path(spec)
+    if is_camera_file(spec):
+        if annotations is not None and trajectory_scale is not None:
+            raise ValueError("give either an annotation folder or a trajectory scale for a camera file, not both")
+        if annotations is not None:
+            return metric_re10k_trajectory(p, annotations, num_frames, stride, loop, image_hw)
+        traj = re10k_trajectory(p, num_frames, stride, loop, image_hw)
+        return traj.scaled(trajectory_scale) if trajectory_scale is not None else traj
     if p.suffix.lower() == ".json" and p.exists():
         keyframes, opts = read_keyframes_json(p)
         return keyframe_trajectory(keyframes, num_frames, loop=loop or bool(opts.get("loop", False)),
