@@ -24,7 +24,7 @@ from annotate.camera import camera_centres, orthonormality_error, w2c_to_c2w
 from annotate.files import atomic_write_text
 from annotate.re10k import parse_camera_text, read_camera_file
 from annotate.synth import Room, render
-from train.inference.editor import AllowedHosts, EditorState, serve
+from train.inference.editor import MAX_BODY, AllowedHosts, EditorState, serve
 from train.inference.editor import main as editor_main
 from train.inference.scene import splat
 from train.inference.trajectory import look_at, make_pose
@@ -253,7 +253,9 @@ def test_hostile_requests_are_refused(server, tmp_path):
                             ("/api/settings", {"loop": "yes"}, "loop")]:
         got, err = _raw(base, "POST", path, json.dumps(body).encode())
         assert got == 400 and msg in err["error"], (path, body, got, err)
-    # a declared body over the limit is refused before it is read
+    # a body over the limit is refused (413) before it is parsed, whether it is sent or only announced
+    got, err = _raw(base, "POST", "/api/selftest", b'{"a": "' + b"x" * MAX_BODY + b'"}')
+    assert got == 413 and f"limit of {MAX_BODY} bytes" in err["error"]
     got, err = _raw(base, "POST", "/api/selftest", headers={"Content-Length": str(10**9)})
     assert got == 413 and "limit" in err["error"]
     assert len(state.keyframes) == 1 and np.array_equal(state.camera, np.eye(4)) and state.frames == 9

@@ -415,7 +415,7 @@ class EditorHandler(BaseHTTPRequestHandler):
         # that trickles bytes): on expiry it answers 408 and closes the socket, which ends the blocked read
         self.timeout = self.server.io_timeout + 1.0
         super().setup()
-        self._reading, self._expired, self._dlock = True, False, threading.Lock()
+        self._reading, self._expired, self._dlock, self._linger = True, False, threading.Lock(), False
         self._timer = threading.Timer(self.server.io_timeout, self._expire)
         self._timer.daemon = True
         self._timer.start()
@@ -424,6 +424,12 @@ class EditorHandler(BaseHTTPRequestHandler):
         self._timer.cancel()
         try:
             super().finish()
+            if self._linger:  # a refused body was left unread: drain it (bounded) so closing does not reset the
+                self.connection.shutdown(socket.SHUT_WR)  # connection before the client has read the refusal
+                self.connection.settimeout(1.0)
+                end, left = time.monotonic() + self.server.io_timeout, 16 * self.server.max_body
+                while left > 0 and time.monotonic() < end and (chunk := self.connection.recv(1 << 16)):
+                    left -= len(chunk)
         except OSError:
             pass
 
@@ -473,20 +479,24 @@ class EditorHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self, route):
         try:
-            if self.command == "GET":
-                self._request_read()
-            self._check_origin()
-            route()
-        except ConnectionError:
+            try:
+                # a POST body is read before any check: closing a socket with unread data resets it, and the
+                # client could lose the refusal
+                self._body = self._read_body() if self.command == "POST" else self._request_read()
+                self._check_origin()
+                route()
+            except ConnectionError:
+                raise
+            except HTTPError as e:
+                self.close_connection = True
+                self._json({"error": str(e)}, e.code)
+            except (ValueError, KeyError, IndexError, TypeError) as e:
+                self._json({"error": str(e) if not isinstance(e, KeyError) else f"missing field {e}"}, 400)
+            except Exception as e:  # a bug: the client still gets an answer, the log the traceback
+                log.exception("%s %s failed", self.command, self.path)
+                self._json({"error": f"internal error ({e.__class__.__name__}: {e})"}, 500)
+        except OSError:  # the client left, or the deadline answered it already
             self.close_connection = True
-        except HTTPError as e:
-            self.close_connection = True
-            self._json({"error": str(e)}, e.code)
-        except (ValueError, KeyError, IndexError, TypeError) as e:
-            self._json({"error": str(e) if not isinstance(e, KeyError) else f"missing field {e}"}, 400)
-        except Exception as e:  # a bug: the client still gets an answer, the log the traceback
-            log.exception("%s %s failed", self.command, self.path)
-            self._json({"error": f"internal error ({e.__class__.__name__}: {e})"}, 500)
 
     # ---------------------------------------------------------------------------- checks
     def _check_origin(self):
@@ -503,11 +513,9 @@ class EditorHandler(BaseHTTPRequestHandler):
         if not navigation and self.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
             raise HTTPError(403, f"cross-site request (Sec-Fetch-Site: {self.headers['Sec-Fetch-Site']})")
 
-    def _read_json(self) -> dict:
-        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if ctype != "application/json":
-            raise HTTPError(415, f"Content-Type must be application/json, not {ctype or 'missing'!r}")
+    def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding"):
+            self._linger = True
             raise HTTPError(411, "send the body with a Content-Length, not a Transfer-Encoding")
         length = self.headers.get("Content-Length")
         if length is None:
@@ -516,13 +524,20 @@ class EditorHandler(BaseHTTPRequestHandler):
             raise HTTPError(400, f"bad Content-Length {length!r}")
         n = int(length)
         if n > self.server.max_body:
+            self._linger = True
             raise HTTPError(413, f"body of {n} bytes exceeds the limit of {self.server.max_body} bytes")
         raw = self.rfile.read(n)
         self._request_read()
         if len(raw) != n:
             raise HTTPError(400, f"body ended after {len(raw)} of {n} bytes")
+        return raw
+
+    def _read_json(self) -> dict:
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise HTTPError(415, f"Content-Type must be application/json, not {ctype or 'missing'!r}")
         try:
-            body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+            body = json.loads(self._body.decode("utf-8"), parse_constant=_no_constant)
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise HTTPError(400, f"body is not JSON: {e}") from None
         if not isinstance(body, dict):
