@@ -18,14 +18,14 @@ PYTEST_ARGS ?=
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first and pinned: on the dev/CI machines 2.13.0 is a local CPU wheel (see pyproject.toml)
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	# the exact tested set (constraints.txt); torch first: on the dev/CI machines 2.13.0 is a local CPU wheel
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	# deepspeed is source-only; without --no-build-isolation its build pulls an unpinned CUDA torch
-	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-build-isolation deepspeed==0.19.8
+	DS_BUILD_OPS=0 $(PY) -m pip install -q -c constraints.txt --no-build-isolation deepspeed
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the project with its pinned dependencies
