@@ -25,13 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from .trainer import train
+    from .trainer import TrainingError, train
 
     try:
         train(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingError as e:  # the run stopped itself (non-finite steps or weights); good checkpoints kept
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
