@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from annotate.depth import DepthAnythingPredictor, DepthConfig, PrecomputedDepth, depth_at_keypoints
+from annotate.depth import DepthAnythingPredictor, DepthConfig, DepthFileError, PrecomputedDepth, depth_at_keypoints
 from annotate.re10k import DEFAULT_ROTATION_TOL, CameraFileError, read_camera_file
 from annotate.scale import NoValidScale, ScaleConfig, clip_statistics, frame_scales, metric_cameras, point_ratios
 from annotate.triangulate import SfmConfig, TriangulationError, triangulate
@@ -56,6 +56,7 @@ def empty_record(row: dict) -> dict:
     """A stage-1 record with every field present (stable Arrow schema), before any work on the clip."""
     return {"clip_id": str(row["clip_id"]), "split": str(row["split"]), "pose_path": str(row["pose_path"]),
             "video_path": str(row["video_path"]), "depth_path": str(row.get("depth_path") or ""),
+            "depth_unit": str(row.get("depth_unit") or ""),
             "youtube_id": "", "num_frames": 0, "frame_h": 0, "frame_w": 0,
             "timestamps_us": np.zeros(0, np.int64), "intrinsics": np.zeros(0), "w2c": np.zeros(0),
             "obs_frame": np.zeros(0, np.int32), "obs_xy": np.zeros(0, np.float32), "obs_z": np.zeros(0, np.float32),
@@ -133,8 +134,9 @@ class DepthStage:
             hw = (int(rec["frame_h"]), int(rec["frame_w"]))
             if rec["depth_path"]:
                 try:
-                    src = PrecomputedDepth(rec["depth_path"], int(rec["num_frames"]))
-                except (ValueError, FileNotFoundError) as e:
+                    src = PrecomputedDepth(rec["depth_path"], int(rec["num_frames"]), hw,
+                                           str(rec.get("depth_unit") or ""), self.cfg)
+                except DepthFileError as e:
                     return failed(rec, f"bad depth file: {e}")
                 maps, max_depth = src.maps, None
             else:

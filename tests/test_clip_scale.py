@@ -1,5 +1,6 @@
 """Per-clip absolute scale against synthetic ground truth (contract steps 1-5 and 7)."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +204,145 @@ def test_metric_cameras_match_contract_definition():
     expect = np.linalg.inv(c2w[0])[None] @ c2w
     expect[:, :3, 3] *= 1.7
     np.testing.assert_allclose(m, expect, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------ precomputed depth files
+
+
+def _depth_row(tmp_path, row, depth_file, unit=""):
+    """The clip's row as a user writes it: a manifest with depth_path (relative) and depth_unit, loaded and
+    resolved the way the job does."""
+    from annotate.manifest import load, write_manifest
+
+    m = tmp_path / "manifest.csv"
+    write_manifest([dict(row, depth_path=os.path.relpath(depth_file, tmp_path), depth_unit=unit)], m)
+    return resolve_paths(load(m)[0], tmp_path)
+
+
+def _depth_out(stage1, row):
+    """Stages 2 and 3 on the clip's triangulated record with the row's depth fields (what stage 1 copies)."""
+    cfg, _, recs, _ = stage1
+    rec = dict(recs[row["clip_id"]], depth_path=row["depth_path"], depth_unit=row["depth_unit"])
+    return finish_stage(DepthStage(cfg.depth)(rec), cfg)
+
+
+def _refused(out, path, reason):
+    assert out["status"] == "failed" and np.isnan(out["scale"])
+    assert out["error"].startswith(f"bad depth file: {path}: {reason}"), out["error"]
+
+
+def test_uint16_millimetre_depth_needs_its_unit(stage1, tmp_path):
+    cfg, rows, recs, truth = stage1
+    row = rows[0]
+    metres = np.load(row["depth_path"])["depth"]
+    mm = tmp_path / "mm.npz"
+    np.savez(mm, depth=np.round(metres * 1000).astype(np.uint16))
+    # without a unit: refused (it used to give scale ~391 for a true 0.39, marked ok)
+    _refused(_depth_out(stage1, _depth_row(tmp_path, row, mm)), mm,
+             "integer depth (uint16) needs the manifest's depth_unit column (m or mm)")
+    # stage 1 carries the unit from the manifest row into the record
+    assert triangulate_stage(_depth_row(tmp_path, dict(row, video_path="absent.mp4"), mm, "mm"),
+                             cfg)["depth_unit"] == "mm"
+    # depth_unit=mm: the same scale as the float map in metres, within 1% of the truth
+    out = _depth_out(stage1, _depth_row(tmp_path, row, mm, "mm"))
+    ref = _depth_out(stage1, _depth_row(tmp_path, row, row["depth_path"]))
+    assert out["status"] == "ok", out["error"]
+    assert abs(out["scale"] / ref["scale"] - 1) < 1e-3
+    assert abs(out["scale"] / truth[row["clip_id"]]["scale"] - 1) < 0.01
+    # the wrong unit is implausible: thousands of metres
+    out = _depth_out(stage1, _depth_row(tmp_path, row, mm, "m"))
+    _refused(out, mm, "depth of ")
+    assert out["error"].endswith(" is beyond the plausible 1000 m (depth_unit is 'm'; wrong unit?)")
+
+
+def test_npy_depth_works_like_npz(stage1, tmp_path):
+    cfg, rows, recs, truth = stage1
+    row = rows[1]
+    npy = tmp_path / "d.npy"
+    np.save(npy, np.load(row["depth_path"])["depth"])
+    out = _depth_out(stage1, _depth_row(tmp_path, row, npy))
+    ref = _depth_out(stage1, _depth_row(tmp_path, row, row["depth_path"]))
+    assert out["status"] == "ok" and out["scale"] == ref["scale"]
+    np.save(npy, np.array([{"depth": 1.0}] * 24, dtype=object))  # never unpickled
+    _refused(_depth_out(stage1, _depth_row(tmp_path, row, npy)), npy, "depth has dtype object")
+
+
+def test_unusable_depth_maps_are_refused_with_the_file_named(stage1, tmp_path):
+    cfg, rows, recs, truth = stage1
+    row = rows[2]
+    depth = np.load(row["depth_path"])["depth"]  # [24, 180, 320] for 320x180 frames
+    rng = np.random.default_rng(1)
+    cases = {
+        "one_px": (depth[:, :1, :1], "depth maps are 1x1 px, need at least 16 px on the short side"),
+        "square": (depth[:, :, :180], "depth maps are 180x180 px (aspect 1.000) but the frames are 320x180 "
+                                      "(aspect 1.778)"),
+        "transposed": (depth[:, ::4, ::4].transpose(0, 2, 1).copy(), "depth maps are 45x80 px (aspect 0.562)"),
+        "nan_inf": (np.where(rng.random(depth.shape) < 0.5, np.nan, np.inf).astype(np.float32),
+                    "no valid depth: every value is 0, negative or not finite"),
+        "all_zero": (np.zeros_like(depth), "no valid depth"),
+        "millimetre_floats": (depth * 1000, "depth of "),  # message: "... m at frame N is beyond ..."
+        "frames": (depth[:20], "depth has shape [20, 180, 320], expected [24, H, W]"),
+        "complex": (depth.astype(np.complex64), "depth has dtype complex64"),
+    }
+    for name, (arr, reason) in cases.items():
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, depth=arr)
+        out = _depth_out(stage1, _depth_row(tmp_path, row, path))
+        _refused(out, path, reason)
+        if name == "millimetre_floats":
+            assert out["error"].endswith("is beyond the plausible 1000 m (no depth_unit, so metres; wrong unit?)")
+    # invalid pixels (0, NaN, inf, negative) among valid ones are only skipped
+    holes = depth.copy()
+    holes[:, ::7] = np.nan
+    holes[:, 1::7] = np.inf
+    holes[:, 2::7] = 0
+    holes[:, 3::7] = -1
+    np.savez(tmp_path / "holes.npz", depth=holes)
+    out = _depth_out(stage1, _depth_row(tmp_path, row, tmp_path / "holes.npz"))
+    assert out["status"] == "ok" and abs(out["scale"] / truth[row["clip_id"]]["scale"] - 1) < 0.01
+    # not a NumPy file, a truncated one, a missing one
+    for name, data, reason in (("text.npz", b"depth,1,2\n", "not a NumPy .npz or .npy file"),
+                               ("cut.npz", (tmp_path / "holes.npz").read_bytes()[:50000], "unreadable depth file"),
+                               ("missing.npz", None, "no such file")):
+        if data is not None:
+            (tmp_path / name).write_bytes(data)
+        _refused(_depth_out(stage1, _depth_row(tmp_path, row, tmp_path / name)), tmp_path / name, reason)
+
+
+def _zip_bomb(path, shape, data_bytes):
+    """An npz whose member declares ``shape`` float32 and holds ``data_bytes`` zero bytes, deflated."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, \
+            zf.open("depth.npy", "w", force_zip64=True) as fp:
+        np.lib.format.write_array_header_1_0(fp, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        chunk = bytes(1 << 20)
+        for start in range(0, data_bytes, len(chunk)):
+            fp.write(chunk[:min(len(chunk), data_bytes - start)])
+
+
+def test_depth_zip_bomb_is_refused_before_decompression(stage1, tmp_path):
+    import tracemalloc
+
+    from annotate.config import load_config
+
+    cfg, rows, recs, truth = stage1
+    row = rows[0]
+    # a real bomb: 21 MiB of zeros in a ~21 kB file, against a limit of 8 MiB set like a user would
+    bomb = tmp_path / "bomb.npz"
+    shape = (24, 360, 640)
+    _zip_bomb(bomb, shape, 24 * 360 * 640 * 4)
+    assert bomb.stat().st_size < 100_000
+    c = load_config(ClipConfig, None, ["depth.precomputed_max_bytes=8388608"])  # = clip.depth... of a run
+    rec = dict(recs[row["clip_id"]], depth_path=str(bomb), depth_unit="")
+    tracemalloc.start()
+    out = finish_stage(DepthStage(c.depth)(rec), c)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    _refused(out, bomb, "depth [24, 360, 640] float32 is 21 MiB decompressed, above the limit of 8 MiB "
+                        "(clip.depth.precomputed_max_bytes)")
+    assert peak < 4 << 20, peak  # nothing was decompressed
+    # a header that claims 37 GiB over 1 kB of data, against the default limit (2 GiB)
+    _zip_bomb(bomb, (24, 20000, 20000), 1024)
+    _refused(_depth_out(stage1, _depth_row(tmp_path, row, bomb)), bomb,
+             "depth [24, 20000, 20000] float32 is 36621 MiB decompressed, above the limit of 2048 MiB")
