@@ -56,6 +56,9 @@ bench-annotate: $(STAMP) ## per-clip benchmark vs the COLMAP command-line chain 
 bench-job: sample ## clips per hour of the Ray job on the sample -> bench/annotate_job.json
 	$(PY) -m annotate.bench_job --sample $(SAMPLE) --json bench/annotate_job.json $(ARGS)
 
+bench-extract: $(STAMP) ## frames cut per second from a long 720p video (annotate extract) -> bench/extract.json
+	$(PY) -m annotate.bench_extract --out bench/extract.json $(ARGS)
+
 bench-backbone: $(STAMP) ## forward/backward time and peak memory of the full 256 UNet -> bench/backbone.json
 	$(PY) -m train.bench_backbone --out bench/backbone.json $(ARGS)
 
@@ -84,4 +87,4 @@ eval: $(STAMP) ## generate the test set, score it, Table 1 -> $(EVAL_OUT); ARGS=
 clean: ## remove outputs (keeps .venv)
 	rm -rf outputs bench .pytest_cache
 
-.PHONY: help install test lint sample annotate report bench-annotate bench-job bench-backbone bench-train train train-tiny eval clean
+.PHONY: help install test lint sample annotate report bench-annotate bench-job bench-extract bench-backbone bench-train train train-tiny eval clean
