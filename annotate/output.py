@@ -51,6 +51,43 @@ _SCALAR = {"num_frames": np.int32, "scale": np.float32, "scale_min": np.float32,
            "num_points": np.int32, "reprojection_error": np.float32, "seconds": np.float32,
            "cpu_seconds": np.float32}
 
+# Field metadata in every shard (units, axes, the meaning of NaN), so the files explain themselves without the
+# docs; the dataset card (data_manifests/DATASET_CARD.md) says the same.
+_AXES = "OpenCV/COLMAP camera axes (x right, y down, z forward)"
+_FIELD_DOC = {
+    "clip_id": ("", "RealEstate10K clip id (camera file name)"),
+    "youtube_id": ("", "YouTube video id of the clip (for leakage checks between splits)"),
+    "num_frames": ("frames", "annotated camera lines F"),
+    "timestamps_us": ("microseconds", "timestamp of each annotated camera line, from the start of the video; "
+                      "a subset of the camera file's lines when only part of them had frames"),
+    "intrinsics": ("normalised", "fx, fy, cx, cy per frame; fx and cx divided by the image width, fy and cy by "
+                   "the height; the centre of pixel (0, 0) is at (0.5, 0.5)"),
+    "w2c": ("relative (RealEstate10K SfM units)", f"row-major 3x4 world-to-camera per frame as in the camera "
+            f"file; {_AXES}"),
+    "c2w_metric": ("metres", f"row-major 4x4 camera-to-world per frame relative to frame 0, translation "
+                   f"multiplied by scale; {_AXES}; all NaN when status is failed"),
+    "frame_scale": ("metres per relative unit", "per-frame median of metric depth / triangulated depth; NaN where "
+                    "the frame has too few valid points"),
+    "frame_num_points": ("points", "valid depth ratios behind each frame scale"),
+    "scale": ("metres per relative unit", "median of the valid frame scales: metric translation = relative "
+              "translation x scale; NaN when status is failed"),
+    "scale_min": ("metres per relative unit", "smallest valid frame scale; NaN when status is failed"),
+    "scale_max": ("metres per relative unit", "largest valid frame scale; NaN when status is failed"),
+    "num_points": ("points", "triangulated 3D points of the clip"),
+    "reprojection_error": ("pixels", "mean reprojection error of the triangulated points; NaN when none"),
+    "status": ("", "ok or failed"),
+    "error": ("", "one-line reason of a failed row, empty when ok"),
+    "keep": ("", "passed the dataset-wide quantile filter on scale_min and scale_max"),
+    "filter_reason": ("", "why keep is false: the bound it broke, or failed"),
+    "seconds": ("seconds", "worker wall time of the clip"),
+    "cpu_seconds": ("seconds", "worker CPU time of the clip"),
+}
+SCHEMA = pa.schema([f.with_metadata({"unit": _FIELD_DOC[f.name][0], "description": _FIELD_DOC[f.name][1]})
+                    if f.name in _FIELD_DOC else f for f in SCHEMA],
+                   metadata={"conventions": f"{_AXES}; matrices row-major; metric units metres; NaN marks a "
+                                            "value that could not be computed (see status / error)",
+                             "contract": "data_manifests/annotation-contract.md"})
+
 
 # ------------------------------------------------------------------------------------------------ files
 
