@@ -124,7 +124,10 @@ def camera_rows(c2w: np.ndarray, intr_px: np.ndarray) -> np.ndarray:
 def _load_model_and_plugin(cfg: GenerateConfig):
     from train.sample import load_model
 
-    args = SimpleNamespace(device=cfg.device, tiny=cfg.tiny, config=cfg.config or None, out=cfg.out_dir,
+    device = cfg.device
+    if device == "auto" and torch.cuda.is_available():  # one GPU per process under accelerate launch / torchrun
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    args = SimpleNamespace(device=device, tiny=cfg.tiny, config=cfg.config or None, out=cfg.out_dir,
                            tiny_seed=0, checkpoint=cfg.checkpoint or None, tokenizer=cfg.tokenizer or None,
                            dtype=cfg.dtype)
     model = load_model(args)
@@ -151,8 +154,7 @@ def _depth_source(cfg: GenerateConfig, model):
         return mode, None
     from annotate.depth import DEFAULT_MODEL, DepthAnythingPredictor, DepthConfig
 
-    dev = "cuda" if model.device.type == "cuda" else "cpu"
-    return mode, DepthAnythingPredictor(DepthConfig(model=cfg.depth_model or DEFAULT_MODEL, device=dev))
+    return mode, DepthAnythingPredictor(DepthConfig(model=cfg.depth_model or DEFAULT_MODEL, device=str(model.device)))
 
 
 def _manifest_depth(clip: dict, frame: int, hw: tuple[int, int]) -> np.ndarray:
