@@ -47,10 +47,11 @@ annotate: sample ## annotation job on a local Ray over the sample (MANIFEST=... 
 report: $(STAMP) ## annotation report of OUT
 	$(PY) -m annotate report $(OUT)
 
-bench-annotate: $(STAMP) ## per-clip benchmark vs the COLMAP command-line chain -> bench/annotate.json
-	@command -v colmap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq colmap >/dev/null; } || \
-	  echo "Debian's colmap is not installed: the reference chain is skipped"
+bench-annotate: $(STAMP) ## CPU-s per frame and scale errors, keyframes vs sequential pipeline -> bench/annotate.json
+	@case "$(ARGS)" in *--colmap-cli*) command -v colmap >/dev/null || { [ "$$(id -u)" = 0 ] && \
+	  command -v apt-get >/dev/null && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq colmap >/dev/null; } || \
+	  echo "Debian's colmap is not installed: the reference chain is skipped";; esac
 	$(PY) -m annotate.bench_clip --out bench/annotate.json $(ARGS)
 
 bench-job: sample ## clips per hour of the Ray job on the sample -> bench/annotate_job.json
@@ -61,6 +62,9 @@ bench-extract: $(STAMP) ## frames cut per second from a long 720p video (annotat
 
 bench-backbone: $(STAMP) ## forward/backward time and peak memory of the full 256 UNet -> bench/backbone.json
 	$(PY) -m train.bench_backbone --out bench/backbone.json $(ARGS)
+
+bench-gpu: $(STAMP) ## one GPU, < 8 min: depth images/s, 256 RealCam training step, DDIM s/video -> bench/gpu.json
+	$(PY) -m train.bench_gpu --out bench/gpu.json $(ARGS)
 
 bench-train: $(STAMP) ## trainer samples/s and peak memory, with and without cached latents -> bench/train.json
 	@[ -d $(OUT)/clips ] || $(MAKE) annotate
