@@ -91,4 +91,4 @@ eval: $(STAMP) ## generate the test set, score it, Table 1 -> $(EVAL_OUT); ARGS=
 clean: ## remove outputs (keeps .venv)
 	rm -rf outputs bench .pytest_cache
 
-.PHONY: help install test lint sample annotate report bench-annotate bench-job bench-extract bench-backbone bench-train train train-tiny eval clean
+.PHONY: help install test lint sample annotate report bench-annotate bench-job bench-extract bench-backbone bench-gpu bench-train train train-tiny eval clean
