@@ -1,4 +1,5 @@
-"""``python -m annotate {fetch,extract,index,run,report,synth} ...``: the annotation stages from the command line."""
+"""``python -m annotate {fetch,extract,index,import-colmap,import-nerfstudio,run,report,synth} ...``: the
+annotation stages from the command line."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
 
         synth.main(argv[1:])
         return 0
-    from annotate import extract, fetch, index, job, report
+    from annotate import extract, fetch, imports, index, job, report
 
     p = argparse.ArgumentParser(prog="python -m annotate",
                                 description="Absolute-scale camera annotation of RealEstate10K-style clips.")
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_arguments(sub.add_parser("fetch", help="download the videos of the camera files (yt-dlp)"))
     extract.add_arguments(sub.add_parser("extract", help="cut downloaded videos at the camera files' timestamps"))
     index.add_arguments(sub.add_parser("index", help="build a clip manifest from a RealEstate10K download"))
+    imports.add_arguments(sub.add_parser("import-colmap", help="a COLMAP model as a RealEstate10K clip"), "colmap")
+    imports.add_arguments(sub.add_parser("import-nerfstudio", help="a nerfstudio transforms.json as a "
+                                         "RealEstate10K clip"), "nerfstudio")
     job.add_arguments(sub.add_parser("run", help="annotate a clip manifest with Ray (resumable)"))
     report.add_arguments(sub.add_parser("report", help="counts, failure reasons and plots of an output folder"))
     sub.add_parser("synth", help="synthetic clips with ground truth (see python -m annotate synth -h)")
@@ -36,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         return extract.run_from_args(args)
     if args.cmd == "fetch":
         return fetch.run_from_args(args)
+    if args.cmd in ("import-colmap", "import-nerfstudio"):
+        return imports.run_from_args(args, args.cmd.split("-")[1])
     if args.cmd == "run":
         return job.run_from_args(args)
     return report.run_from_args(args)

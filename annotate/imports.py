@@ -1,0 +1,165 @@
+"""Other posed datasets in RealEstate10K's format, so the same job gives them metric scale.
+
+    python -m annotate import-colmap MODEL_DIR OUT_ROOT --images IMAGE_DIR [--clip NAME] [--split train]
+    python -m annotate import-nerfstudio transforms.json OUT_ROOT [--clip NAME] [--split train]
+
+Either writes ``OUT_ROOT/RealEstate10K/{split}/{clip}.txt`` (a camera file: one line per registered image, in
+natural name order, timestamps ``index / fps`` in microseconds) and ``OUT_ROOT/frames/{split}/{clip}/
+{timestamp_us}.{ext}`` (the images, hard-linked where possible, else copied), the layout ``annotate index``
+reads. COLMAP models: binary or text (pycolmap); intrinsics from each image's camera (pinhole part;
+distortion is not in RealEstate10K's format, so distorted models are refused unless ``--ignore-distortion``;
+undistort with COLMAP first). nerfstudio ``transforms.json`` (e.g. DL3DV): OpenGL camera-to-world matrices
+are converted to OpenCV world-to-camera; intrinsics per frame or global.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from annotate.camera import c2w_to_w2c
+from annotate.manifest import SAFE_ID
+from annotate.re10k import CameraTrajectory, write_camera_file
+from annotate.video import natural_key
+
+log = logging.getLogger("realcam")
+
+OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])  # flips y and z of the camera axes
+PINHOLE_MODELS = {"SIMPLE_PINHOLE", "PINHOLE"}
+
+
+class ImportError_(ValueError):
+    """An input that cannot be converted; the message names the file."""
+
+
+@dataclass
+class Posed:
+    image: Path
+    w2c: np.ndarray  # [3, 4] OpenCV world-to-camera
+    intrinsics: np.ndarray  # [4] normalised fx fy cx cy
+
+
+def write_clip(frames: list[Posed], out_root: Path, clip: str, split: str, url: str, fps: float) -> Path:
+    """The camera file and the timestamp-named frame folder of one clip; returns the camera file."""
+    if not SAFE_ID.match(clip) or not SAFE_ID.match(split):
+        raise ImportError_(f"clip {clip!r} and split {split!r} must use only [A-Za-z0-9_-]")
+    if len(frames) < 2:
+        raise ImportError_(f"{url}: {len(frames)} posed image(s); a clip needs at least 2")
+    stamps = np.round(np.arange(len(frames)) * 1e6 / fps).astype(np.int64)
+    folder = out_root / "frames" / split / clip
+    folder.mkdir(parents=True, exist_ok=True)
+    for t, f in zip(stamps, frames):
+        dest = folder / f"{t}{f.image.suffix.lower()}"
+        if dest.exists():
+            dest.unlink()
+        try:
+            os.link(f.image, dest)  # no copy of large image sets where the file system allows it
+        except OSError:
+            shutil.copyfile(f.image, dest)
+    cam = out_root / "RealEstate10K" / split / f"{clip}.txt"
+    write_camera_file(cam, CameraTrajectory(url, stamps, np.stack([f.intrinsics for f in frames]),
+                                            np.stack([f.w2c for f in frames])))
+    return cam
+
+
+def read_colmap(model_dir: Path, images: Path, ignore_distortion: bool = False) -> list[Posed]:
+    import pycolmap
+
+    if not model_dir.is_dir():
+        raise ImportError_(f"{model_dir}: no such COLMAP model folder")
+    try:
+        rec = pycolmap.Reconstruction(str(model_dir))
+    except Exception as e:  # noqa: BLE001 - pycolmap raises plain exceptions for unreadable models
+        raise ImportError_(f"{model_dir}: unreadable COLMAP model ({e})") from None
+    out = []
+    for img in sorted(rec.images.values(), key=lambda i: natural_key(i.name)):
+        if not img.has_pose:
+            continue
+        cam = rec.cameras[img.camera_id]
+        if cam.model_name not in PINHOLE_MODELS and not ignore_distortion:
+            raise ImportError_(f"{model_dir}: camera {img.camera_id} is {cam.model_name}; RealEstate10K's format "
+                               "has no distortion: undistort the model first (colmap image_undistorter) or pass "
+                               "--ignore-distortion")
+        path = images / img.name
+        if not path.is_file():
+            raise ImportError_(f"{model_dir}: image {img.name} not found under {images}")
+        w, h = cam.width, cam.height
+        out.append(Posed(path, np.asarray(img.cam_from_world().matrix(), np.float64),
+                         np.array([cam.focal_length_x / w, cam.focal_length_y / h, cam.principal_point_x / w,
+                                   cam.principal_point_y / h])))
+    return out
+
+
+def read_nerfstudio(transforms: Path) -> list[Posed]:
+    try:
+        meta = json.loads(transforms.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ImportError_(f"{transforms}: unreadable ({e})") from None
+    frames = meta.get("frames")
+    if not isinstance(frames, list):
+        raise ImportError_(f"{transforms}: no 'frames' list")
+    if meta.get("camera_model", "OPENCV") not in ("OPENCV", "PINHOLE") and any(
+            float(meta.get(k, 0) or 0) for k in ("k1", "k2", "k3", "k4", "p1", "p2")):
+        log.warning("%s: distortion parameters are ignored (RealEstate10K's format has none)", transforms)
+    def value(fr: dict, n: int, key: str) -> float:  # per-frame intrinsics override the global ones
+        v = fr.get(key, meta.get(key))
+        if v is None:
+            raise ImportError_(f"{transforms}: frame {n} ({fr.get('file_path')}) has no {key!r}")
+        return float(v)
+
+    out = []
+    for n, fr in enumerate(sorted(frames, key=lambda f: natural_key(str(f.get("file_path", ""))))):
+        w, h = value(fr, n, "w"), value(fr, n, "h")
+        c2w = np.asarray(fr.get("transform_matrix"), np.float64)
+        if c2w.shape == (3, 4):
+            c2w = np.vstack([c2w, [0, 0, 0, 1]])
+        if c2w.shape != (4, 4) or not np.isfinite(c2w).all():
+            raise ImportError_(f"{transforms}: frame {n} has no finite 4x4 transform_matrix")
+        path = (transforms.parent / fr["file_path"]).resolve()
+        if not path.is_file():
+            raise ImportError_(f"{transforms}: image {fr['file_path']} not found")
+        w2c = c2w_to_w2c(c2w @ OPENGL_TO_OPENCV)[:3, :]
+        intr = [value(fr, n, k) / d for k, d in (("fl_x", w), ("fl_y", h), ("cx", w), ("cy", h))]
+        out.append(Posed(path, w2c, np.array(intr)))
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser, kind: str) -> None:
+    if kind == "colmap":
+        p.add_argument("model_dir", help="COLMAP model folder (cameras, images, points3D; .bin or .txt)")
+        p.add_argument("out_root", help="root to write RealEstate10K/{split}/ and frames/{split}/ into")
+        p.add_argument("--images", required=True, help="folder the model's image names are relative to")
+        p.add_argument("--ignore-distortion", action="store_true", help="keep only the pinhole part of the cameras")
+    else:
+        p.add_argument("transforms", help="nerfstudio transforms.json")
+        p.add_argument("out_root", help="root to write RealEstate10K/{split}/ and frames/{split}/ into")
+    p.add_argument("--clip", help="clip id (default: the input folder's name)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--fps", type=float, default=30.0, help="frame rate of the written timestamps")
+
+
+def run_from_args(args: argparse.Namespace, kind: str) -> int:
+    try:
+        if kind == "colmap":
+            src = Path(args.model_dir)
+            frames = read_colmap(src, Path(args.images), args.ignore_distortion)
+            default = src.resolve().parent.name if src.name.isdigit() else src.resolve().name
+        else:
+            src = Path(args.transforms)
+            frames = read_nerfstudio(src)
+            default = src.resolve().parent.name
+        clip = args.clip or "".join(c if c.isalnum() or c in "-_" else "_" for c in default)
+        cam = write_clip(frames, Path(args.out_root), clip, args.split, src.resolve().as_uri(), args.fps)
+    except (ImportError_, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {cam} and {len(frames)} frames; next: python -m annotate index {args.out_root} MANIFEST.csv")
+    return 0
