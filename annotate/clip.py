@@ -22,7 +22,7 @@ import numpy as np
 from annotate.depth import DepthAnythingPredictor, DepthConfig, DepthFileError, PrecomputedDepth, depth_at_keypoints
 from annotate.re10k import DEFAULT_ROTATION_TOL, CameraFileError, read_camera_file
 from annotate.scale import NoValidScale, ScaleConfig, clip_statistics, frame_scales, metric_cameras, point_ratios
-from annotate.triangulate import SfmConfig, TriangulationError, triangulate
+from annotate.triangulate import SfmConfig, TriangulationError, triangulate, visible_ratios
 from annotate.video import VideoError, read_frames
 
 log = logging.getLogger("realcam")
@@ -60,6 +60,7 @@ def empty_record(row: dict) -> dict:
             "youtube_id": "", "num_frames": 0, "frame_h": 0, "frame_w": 0,
             "timestamps_us": np.zeros(0, np.int64), "intrinsics": np.zeros(0), "w2c": np.zeros(0),
             "obs_frame": np.zeros(0, np.int32), "obs_xy": np.zeros(0, np.float32), "obs_z": np.zeros(0, np.float32),
+            "obs_projected": np.zeros(0, np.uint8),
             "obs_metric": np.zeros(0, np.float32), "num_points": 0, "reprojection_error": float("nan"),
             "max_depth": float("nan"), "status": "ok", "error": "", "seconds": 0.0}
 
@@ -95,8 +96,8 @@ def triangulate_stage(row: dict, cfg: ClipConfig, keep_frames: bool = False) -> 
         if obs.num_points < cfg.min_points:
             raise ClipError(f"too few 3D points: {obs.num_points} triangulated (need {cfg.min_points}) "
                             f"from {rec['video_path']}")
-        rec.update(obs_frame=obs.frame, obs_xy=obs.xy.reshape(-1), obs_z=obs.z, num_points=obs.num_points,
-                   reprojection_error=obs.reprojection_error)
+        rec.update(obs_frame=obs.frame, obs_xy=obs.xy.reshape(-1), obs_z=obs.z, obs_projected=obs.projected,
+                   num_points=obs.num_points, reprojection_error=obs.reprojection_error)
         if keep_frames:
             rec["_frames"] = frames
     except ClipError as e:
@@ -174,6 +175,9 @@ def finish_stage(rec: dict, cfg: ClipConfig) -> dict:
         return out
     md = float(rec["max_depth"])
     ratios = point_ratios(rec["obs_metric"], rec["obs_z"], None if np.isnan(md) else md)
+    # keyframes pipeline: projected observations count only where the frame's own depth sees the point
+    ratios = visible_ratios(rec["obs_frame"], ratios, rec.get("obs_projected", ()), nf, cfg.scale.min_points,
+                            cfg.sfm.visibility_tol)
     scales, counts = frame_scales(np.asarray(rec["obs_frame"]), ratios, nf, cfg.scale.min_points)
     out["frame_scale"], out["frame_num_points"] = scales, counts
     try:
