@@ -64,7 +64,7 @@ def _add_fvd_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--styleganv-i3d", default=None, help="path to the StyleGAN-V i3d_torchscript.pt (FVD_styleganv)")
     g.add_argument("--num-frames", type=int, default=None, help="first N frames of every video (default all)")
     g.add_argument("--fvd-batch", type=int, default=16)
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--device", default="auto", help="FVD device: auto (cuda when available, batched), cpu, cuda:N")
     g.add_argument("--fvd-method", choices=["svd", "sqrtm"], default="svd")
 
 
@@ -72,8 +72,13 @@ def _fvd_config(a: argparse.Namespace):
     from eval.fvd import FVDConfig
 
     variants = tuple(v for v, p in (("videogpt", a.videogpt_i3d), ("styleganv", a.styleganv_i3d)) if p)
+    device = a.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     return FVDConfig(variants=variants, videogpt_weights=a.videogpt_i3d, styleganv_torchscript=a.styleganv_i3d,
-                     batch_size=a.fvd_batch, device=a.device, num_frames=a.num_frames, method=a.fvd_method)
+                     batch_size=a.fvd_batch, device=device, num_frames=a.num_frames, method=a.fvd_method)
 
 
 def cmd_camera_metrics(a: argparse.Namespace) -> int:
@@ -146,12 +151,15 @@ def cmd_fvd(a: argparse.Namespace) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    from annotate.job import RayConfig
     from eval.run import EvalRunConfig, run_evaluation
 
     fvd = _fvd_config(a)
     cfg = EvalRunConfig(exp_dir=a.exp_dir, out_dir=a.out, num_trials=a.trials, base_seed=a.seed, k_std=a.k_std,
                         limit=a.limit, poses=not a.fvd_only, pose=_pose_config(a), fvd=fvd if fvd.variants else None,
-                        show_progress=not a.no_progress)
+                        show_progress=not a.no_progress, executor=a.executor,
+                        ray=RayConfig(address=a.address, num_cpus=a.num_cpus), cpus_per_task=a.cpus_per_task,
+                        max_videos_in_flight=a.max_videos_in_flight, cache_dir=a.cache)
     summary = run_evaluation(cfg, None if a.fvd_only else _depth(a))
     summary.pop("config", None)
     print(_json(summary))
@@ -205,6 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=None, help="only the first N clips")
     s.add_argument("--fvd-only", action="store_true", help="skip pose estimation")
     s.add_argument("--no-progress", action="store_true")
+    g = s.add_argument_group("distribution and resume (see eval.trials)")
+    g.add_argument("--cache", default=None,
+                   help="ground-truth trial cache shared by experiments (default: OUT/../gt_cache)")
+    g.add_argument("--executor", choices=["ray", "local"], default="ray",
+                   help="ray: one task per video and trial (default); local: inline in this process")
+    g.add_argument("--address", default="", help="join this Ray cluster ('auto' or host:port; default: "
+                                                 "RAY_ADDRESS if set, else a local Ray on 127.0.0.1)")
+    g.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all cores)")
+    g.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs per pose task (and its threads)")
+    g.add_argument("--max-videos-in-flight", type=int, default=None,
+                   help="videos with tasks queued at once (default: 2 x CPUs / cpus-per-task)")
     _add_pose_args(s)
     _add_fvd_args(s)
     s.set_defaults(func=cmd_run)

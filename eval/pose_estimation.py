@@ -241,6 +241,22 @@ class VideoPoseEstimator:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _write_images(self) -> None:
+        self.image_dir.mkdir(parents=True, exist_ok=True)
+        for name, img in zip(self.names, self.frames):
+            Image.fromarray(img).save(self.image_dir / name)
+
+    def features_bytes(self) -> bytes:
+        """The extracted feature database (SQLite), so that trials in other processes can skip extraction."""
+        return self._extract().read_bytes()
+
+    def load_features(self, db: bytes) -> None:
+        """Use a database from :meth:`features_bytes` of the same frames and configuration instead of extracting."""
+        self._write_images()  # GLOMAP reads the images (point colours)
+        path = self._tmp / "features.db"
+        path.write_bytes(db)
+        self._extracted_db = path
+
     def _extract(self) -> Path:
         if self._extracted_db is not None:
             return self._extracted_db
@@ -248,9 +264,7 @@ class VideoPoseEstimator:
 
         cfg = self.config
         t0 = time.perf_counter()
-        self.image_dir.mkdir(parents=True, exist_ok=True)
-        for name, img in zip(self.names, self.frames):
-            Image.fromarray(img).save(self.image_dir / name)
+        self._write_images()
         db = self._tmp / "features.db"
         reader = pycolmap.ImageReaderOptions()
         reader.camera_model = cfg.camera_model

@@ -28,30 +28,39 @@ trial's estimates, for :mod:`eval.report`'s plots).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from annotate.camera import relative_to
+from annotate.files import atomic_write_text
+from annotate.job import RayConfig
 from annotate.video import read_frames
 from eval.fvd import FVD_KEYS, FVDConfig, fvd_from_paths
-from eval.log import logger, progress
+from eval.log import logger
 from eval.metrics import METRIC_NAMES, camera_metrics
-from eval.pose_estimation import (
-    DepthSource,
-    PoseEstimationConfig,
-    PoseEstimationError,
-    VideoPoseEstimator,
-    aggregate_trials,
-    predict_depth0,
-    summarize,
-)
+from eval.pose_estimation import DepthSource, PoseEstimationConfig, aggregate_trials, predict_depth0, summarize
 from eval.trajectory import GroundTruthCamera, load_camera
+from eval.trials import (
+    Executor,
+    RunStats,
+    TrialProgress,
+    TrialStore,
+    VideoJob,
+    default_cache_dir,
+    depth_id,
+    record_c2w,
+    record_scale,
+    trial_key,
+    video_sha256,
+)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
 TRIAL_COLUMNS = ["clip", "trial", "seed", "status", "error", *METRIC_NAMES, "scale_sample", "scale_gt",
@@ -70,6 +79,11 @@ class EvalRunConfig:
     pose: PoseEstimationConfig = field(default_factory=PoseEstimationConfig)
     fvd: FVDConfig | None = None  # None: no FVD
     show_progress: bool = True
+    executor: str = "ray"  # "ray": one task per video and trial on a local Ray or --address; "local": inline
+    ray: RayConfig = field(default_factory=RayConfig)  # address / local CPUs, as `annotate run`
+    cpus_per_task: float = 1.0  # CPUs reserved per pose task (also pycolmap's thread count)
+    max_videos_in_flight: int | None = None  # None: 2 x (cluster CPUs / cpus_per_task)
+    cache_dir: str | None = None  # ground-truth trials shared by experiments; None: <out_dir>/../gt_cache
 
 
 @dataclass
@@ -122,76 +136,104 @@ def intrinsics_for(cam: GroundTruthCamera, width: int, height: int, ref_wh: tupl
 
 
 @dataclass
-class ClipResult:
+class ClipPlan:
+    """One clip as the driver saw it: a clip-level error, or the keys of its two videos' trials."""
+
     name: str
-    trials: list[dict[str, Any]]  # one row per trial (TRIAL_COLUMNS)
-    error: str = ""  # a clip-level failure (missing file, unreadable video, wrong frame count)
-    seconds: float = 0.0
+    error: str = ""  # missing file, unreadable video or camera, wrong frame count, failed depth
+    sample_key: str = ""
+    gt_key: str = ""
+    gt_c2w: np.ndarray | None = None  # the camera file's trajectory relative to frame 0
 
 
-def evaluate_clip(clip: ClipPaths, cfg: EvalRunConfig, depth: DepthSource | None = None,
-                  traj_dir: Path | None = None) -> ClipResult:
-    """All trials of one clip; every failure ends up in the returned rows, nothing raises."""
-    t0 = time.perf_counter()
+def plan_clips(clips: list[ClipPaths], cfg: EvalRunConfig, depth: DepthSource | None, stores: dict[str, TrialStore],
+               stats: RunStats, prog: TrialProgress, plans: list[ClipPlan]) -> Iterator[VideoJob]:
+    """Check each clip, key its videos and yield the trials still missing from the stores (lazily, so the
+    driver reads the next clips while the first ones' tasks run). Clip-level failures go to ``plans``."""
+    seeds = [cfg.base_seed + k for k in range(cfg.num_trials)]
+    did = depth_id(depth)
+    for clip in clips:
+        plan = ClipPlan(clip.name)
+        plans.append(plan)
 
-    def failed_clip(msg: str) -> ClipResult:
-        logger.warning("%s: %s", clip.name, msg)
-        rows = [_trial_row(clip.name, k, cfg.base_seed + k, "failed", msg) for k in range(cfg.num_trials)]
-        return ClipResult(clip.name, rows, msg, time.perf_counter() - t0)
+        def fail(msg: str, plan: ClipPlan = plan) -> None:
+            logger.warning("%s: %s", plan.name, msg)
+            plan.error = msg
+            prog.advance(2 * len(seeds), computed=False)
 
-    if clip.missing:
-        return failed_clip(f"missing {', '.join(clip.missing)}")
-    try:
-        cam = load_camera(clip.camera)
-        sample = read_frames(clip.sample)
-        gt = read_frames(clip.gt_video)
-    except (ValueError, OSError) as e:
-        return failed_clip(str(e))
-    n = len(cam)
-    if len(sample) != n or len(gt) != n:
-        return failed_clip(f"frame counts differ: camera {n}, sample {len(sample)}, gt_video {len(gt)}")
-    gt_wh = (gt.shape[2], gt.shape[1])
-    intr_gt = intrinsics_for(cam, gt.shape[2], gt.shape[1], gt_wh)
-    intr_sample = intrinsics_for(cam, sample.shape[2], sample.shape[1], gt_wh)
-    gt_c2w = relative_to(cam.c2w, 0)
-    try:
-        d_sample = predict_depth0(depth, sample) if depth is not None else None
-        d_gt = predict_depth0(depth, gt) if depth is not None else None
-    except Exception as e:  # noqa: BLE001 - a broken depth model fails the clip, visibly
-        return failed_clip(f"depth prediction failed: {e.__class__.__name__}: {e}")
+        if clip.missing:
+            fail(f"missing {', '.join(clip.missing)}")
+            continue
+        try:
+            cam = load_camera(clip.camera)
+            frames = {"sample": read_frames(clip.sample), "gt": read_frames(clip.gt_video)}
+        except (ValueError, OSError) as e:
+            fail(str(e))
+            continue
+        n, sample, gt = len(cam), frames["sample"], frames["gt"]
+        if len(sample) != n or len(gt) != n:
+            fail(f"frame counts differ: camera {n}, sample {len(sample)}, gt_video {len(gt)}")
+            continue
+        gt_wh = (gt.shape[2], gt.shape[1])
+        paths = {"sample": clip.sample, "gt": clip.gt_video}
+        jobs = []
+        for kind in ("sample", "gt"):
+            v = frames[kind]
+            intr = [float(x) for x in intrinsics_for(cam, v.shape[2], v.shape[1], gt_wh)]
+            key = trial_key(video_sha256(paths[kind]), intr, cfg.pose, did)
+            setattr(plan, f"{kind}_key", key)
+            todo = [s for s in seeds if stores[kind].load(key, s) is None]
+            stats.reused[kind] += len(seeds) - len(todo)
+            prog.advance(len(seeds) - len(todo), computed=False)
+            jobs.append(VideoJob(kind, clip.name, str(paths[kind]), intr, key, todo, stores[kind]))
+        try:
+            for job in jobs:
+                if job.seeds and depth is not None:
+                    job.depth0 = predict_depth0(depth, frames[job.kind])
+        except Exception as e:  # noqa: BLE001 - a broken depth model fails the clip, visibly
+            fail(f"depth prediction failed: {e.__class__.__name__}: {e}")
+            continue
+        plan.gt_c2w = relative_to(cam.c2w, 0)
+        del frames, sample, gt
+        yield from jobs
 
-    rows: list[dict[str, Any]] = []
-    saved = False
-    with VideoPoseEstimator(sample, intr_sample, cfg.pose, d_sample) as est_s, \
-            VideoPoseEstimator(gt, intr_gt, cfg.pose, d_gt) as est_g:
-        for k in range(cfg.num_trials):
-            seed = cfg.base_seed + k
-            t1 = time.perf_counter()
-            try:
-                es = est_s.run(seed)
-            except PoseEstimationError as e:
-                rows.append(_trial_row(clip.name, k, seed, "failed", f"sample: {e}", seconds=time.perf_counter() - t1))
-                continue
-            try:
-                eg = est_g.run(seed)
-            except PoseEstimationError as e:
-                rows.append(_trial_row(clip.name, k, seed, "failed", f"gt_video: {e}",
-                                       seconds=time.perf_counter() - t1))
-                continue
-            if depth is not None:
-                m = camera_metrics(es.c2w, gt_c2w, es.metric_scale, eg.metric_scale, es.c2w, eg.c2w).as_dict()
-            else:
-                m = camera_metrics(es.c2w, gt_c2w).as_dict()
-                m["TransErr_abs"] = m["CamMC_abs"] = math.nan
-            rows.append(_trial_row(clip.name, k, seed, "ok", "", m, es.metric_scale, eg.metric_scale,
-                                   time.perf_counter() - t1))
-            if traj_dir is not None and not saved:
-                traj_dir.mkdir(parents=True, exist_ok=True)
-                np.savez(traj_dir / f"{clip.name}.npz", gt_c2w=gt_c2w, sample_c2w=es.c2w, gt_video_c2w=eg.c2w,
-                         scale_sample=np.nan if es.metric_scale is None else es.metric_scale,
-                         scale_gt=np.nan if eg.metric_scale is None else eg.metric_scale, trial=k, seed=seed)
-                saved = True
-    return ClipResult(clip.name, rows, "", time.perf_counter() - t0)
+
+def clip_rows(plan: ClipPlan, cfg: EvalRunConfig, depth: bool, stores: dict[str, TrialStore], stats: RunStats,
+              traj_dir: Path | None) -> list[dict[str, Any]]:
+    """The clip's trial rows from the stored records (fresh or resumed: the same numbers either way)."""
+    seeds = [cfg.base_seed + k for k in range(cfg.num_trials)]
+    if plan.error:
+        return [_trial_row(plan.name, k, s, "failed", plan.error) for k, s in enumerate(seeds)]
+    rows, saved = [], False
+    label = {"sample": "sample", "gt": "gt_video"}
+    for k, seed in enumerate(seeds):
+        recs, errs = {}, []
+        for kind in ("sample", "gt"):
+            rec = stores[kind].load(getattr(plan, f"{kind}_key"), seed)
+            if rec is None:
+                errs.append(f"{label[kind]}: task failed: {stats.crashes.get(f'{kind}:{plan.name}:{seed}', '?')}")
+            elif rec["status"] != "ok":
+                errs.append(f"{label[kind]}: {rec['error']}")
+            recs[kind] = rec
+        secs = sum(float(r["seconds"]) for r in recs.values() if r is not None)
+        if errs:
+            rows.append(_trial_row(plan.name, k, seed, "failed", errs[0], seconds=secs))
+            continue
+        es, eg = record_c2w(recs["sample"]), record_c2w(recs["gt"])
+        ss, sg = record_scale(recs["sample"]), record_scale(recs["gt"])
+        if depth:
+            m = camera_metrics(es, plan.gt_c2w, ss, sg, es, eg).as_dict()
+        else:
+            m = camera_metrics(es, plan.gt_c2w).as_dict()
+            m["TransErr_abs"] = m["CamMC_abs"] = math.nan
+        rows.append(_trial_row(plan.name, k, seed, "ok", "", m, ss, sg, secs))
+        if traj_dir is not None and not saved:
+            traj_dir.mkdir(parents=True, exist_ok=True)
+            np.savez(traj_dir / f"{plan.name}.npz", gt_c2w=plan.gt_c2w, sample_c2w=es, gt_video_c2w=eg,
+                     scale_sample=np.nan if ss is None else ss, scale_gt=np.nan if sg is None else sg,
+                     trial=k, seed=seed)
+            saved = True
+    return rows
 
 
 def _trial_row(clip: str, trial: int, seed: int, status: str, error: str = "", metrics: dict | None = None,
@@ -206,10 +248,11 @@ def _trial_row(clip: str, trial: int, seed: int, status: str, error: str = "", m
 
 
 def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def _json_safe(obj: Any) -> Any:
@@ -226,7 +269,9 @@ def _json_safe(obj: Any) -> Any:
 
 def run_evaluation(cfg: EvalRunConfig, depth: DepthSource | None = None) -> dict[str, Any]:
     """Pose metrics (and FVD when configured) over ``cfg.exp_dir``; writes the files listed in the
-    module docstring into ``cfg.out_dir`` and returns the summary."""
+    module docstring into ``cfg.out_dir`` and returns the summary. Trials already stored (in ``OUT/trials``
+    and the ground-truth cache) are reused; the rest run as Ray tasks (:mod:`eval.trials`)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clips = discover_clips(cfg.exp_dir)
@@ -234,40 +279,71 @@ def run_evaluation(cfg: EvalRunConfig, depth: DepthSource | None = None) -> dict
         clips = clips[: cfg.limit]
     summary: dict[str, Any] = {"exp_dir": str(cfg.exp_dir), "num_trials": cfg.num_trials,
                                "metric_depth": depth is not None}
+    stats = RunStats()
     if cfg.poses:
-        results = []
-        for clip in progress(clips, "pose metrics", total=len(clips), enabled=cfg.show_progress):
-            res = evaluate_clip(clip, cfg, depth, out / "trajectories")
-            ok = sum(r["status"] == "ok" for r in res.trials)
-            logger.info("%s: %d/%d trials ok (%.1f s)%s", clip.name, ok, len(res.trials), res.seconds,
-                        f" - {res.error}" if res.error else "")
-            results.append(res)
-        rows = [r for res in results for r in res.trials]
+        cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(out)
+        stores = {"sample": TrialStore(out / "trials"), "gt": TrialStore(cache / "gt_trials")}
+        plans: list[ClipPlan] = []
+        prog = TrialProgress(2 * len(clips) * cfg.num_trials, cfg.show_progress)
+        started = False
+        try:
+            if cfg.executor == "ray":
+                from annotate.job import start_ray
+
+                started = start_ray(cfg.ray)
+            Executor(cfg.executor, cfg.cpus_per_task, cfg.max_videos_in_flight).run(
+                plan_clips(clips, cfg, depth, stores, stats, prog, plans), cfg.pose, stats, prog)
+        finally:
+            prog.close()
+            if started:
+                from annotate.job import stop_ray
+
+                stop_ray()
+        rows_by_clip = {p.name: clip_rows(p, cfg, depth is not None, stores, stats, out / "trajectories")
+                        for p in plans}
+        for name, rows in rows_by_clip.items():
+            ok = sum(r["status"] == "ok" for r in rows)
+            logger.info("%s: %d/%d trials ok", name, ok, len(rows))
+        rows = [r for rs in rows_by_clip.values() for r in rs]
         _write_csv(out / "trials.csv", rows, TRIAL_COLUMNS)
-        per_video = {res.name: [({m: r[m] for m in METRIC_NAMES} if r["status"] == "ok" else r["error"])
-                                for r in res.trials] for res in results}
+        per_video = {name: [({m: r[m] for m in METRIC_NAMES} if r["status"] == "ok" else r["error"]) for r in rs]
+                     for name, rs in rows_by_clip.items()}
         aggregates = aggregate_trials(per_video, METRIC_NAMES, cfg.k_std)
-        clip_rows = []
-        for res in results:
-            a = aggregates[res.name]
-            clip_rows.append({"clip": a.name, "ok": a.ok, **{m: a.means.get(m, math.nan) for m in METRIC_NAMES},
-                              "num_trials": a.num_trials, "num_failed": a.num_failed, "num_outliers": a.num_outliers,
-                              "errors": " | ".join(a.errors), "seconds": round(res.seconds, 2)})
-        _write_csv(out / "clips.csv", clip_rows, list(clip_rows[0]) if clip_rows else ["clip"])
-        (out / "clips.json").write_text(json.dumps(_json_safe(clip_rows), indent=1))
+        # No timings here: clips.csv depends only on the trials, so a resumed run writes the same file.
+        clip_rows_out = [{"clip": a.name, "ok": a.ok, **{m: a.means.get(m, math.nan) for m in METRIC_NAMES},
+                          "num_trials": a.num_trials, "num_failed": a.num_failed, "num_outliers": a.num_outliers,
+                          "errors": " | ".join(a.errors)} for a in aggregates.values()]
+        _write_csv(out / "clips.csv", clip_rows_out, list(clip_rows_out[0]) if clip_rows_out else ["clip"])
+        atomic_write_text(out / "clips.json", json.dumps(_json_safe(clip_rows_out), indent=1))
         summary.update(summarize(aggregates, METRIC_NAMES))
+        summary["gt_cache"] = str(cache)
         if depth is None:
             summary["note"] = "no metric depth source: absolute metrics (TransErr_abs, CamMC_abs) not computed"
     if cfg.fvd is not None and cfg.fvd.variants:
+        fvd = cfg.fvd
+        if fvd.device == "auto":  # batched on the GPU when the driver has one
+            import torch
+
+            fvd = replace(fvd, device="cuda" if torch.cuda.is_available() else "cpu")
+        summary["fvd_device"] = fvd.device
         pairs = [(c.gt_video, c.sample) for c in clips if c.gt_video is not None and c.sample is not None]
         summary["fvd_num_videos"] = len(pairs)
         try:
-            summary.update(fvd_from_paths([p[0] for p in pairs], [p[1] for p in pairs], cfg.fvd))
+            summary.update(fvd_from_paths([p[0] for p in pairs], [p[1] for p in pairs], fvd))
         except Exception as e:  # noqa: BLE001 - the pose metrics are still written
             logger.error("FVD failed: %s", e)
             summary["fvd_error"] = f"{e.__class__.__name__}: {e}"
-            for v in cfg.fvd.variants:
+            for v in fvd.variants:
                 summary.setdefault(FVD_KEYS[v], math.nan)
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0  # the driver's, which includes the trials when they run inline
+    if cfg.executor == "ray":
+        cpu += stats.task_cpu_seconds
+    computed = stats.computed["sample"] + stats.computed["gt"]
+    summary["trials"] = stats.as_dict()
+    summary["wall_seconds"] = round(wall, 2)
+    summary["cpu_seconds"] = round(cpu, 2)  # the trial and extraction tasks' CPU time plus the driver's
+    summary["video_trials_per_cpu_hour"] = round(3600 * computed / cpu, 1) if computed and cpu > 0 else None
     summary["config"] = asdict(cfg)
-    (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1))
+    atomic_write_text(out / "summary.json", json.dumps(_json_safe(summary), indent=1))
     return summary

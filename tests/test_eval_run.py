@@ -67,7 +67,9 @@ def exp(tmp_path_factory):
 @pytest.fixture(scope="module")
 def api_run(exp, tmp_path_factory):
     out = tmp_path_factory.mktemp("results") / "ours"
-    cfg = EvalRunConfig(exp_dir=str(exp["root"]), out_dir=str(out), num_trials=2, pose=FAST, show_progress=False)
+    # Inline executor: the Ray path (and resume) is tests/test_eval_ray.py's; the numbers are the same.
+    cfg = EvalRunConfig(exp_dir=str(exp["root"]), out_dir=str(out), num_trials=2, pose=FAST, show_progress=False,
+                        executor="local")
     return out, run_evaluation(cfg, depth=Depth0(exp["depth0"]))
 
 
@@ -111,7 +113,7 @@ def test_cli_run_estimate_and_report(exp, api_run, tmp_path, capsys, tiny_depth_
     out_cli = tmp_path / "cli_results"
     # No depth source: absolute metrics are not computed (null in JSON), relative ones are.
     rc = main(["run", str(exp["root"]), "--out", str(out_cli), "--trials", "1", "--no-affine", "--limit", "1",
-               "--no-progress"])
+               "--no-progress", "--executor", "local"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["num_videos"] == 1 and summary["success_rate"] == 1.0
