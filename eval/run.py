@@ -19,9 +19,18 @@ absolute metrics are NaN. Trials are merged with the reference's pooled 10-std r
 (:func:`eval.pose_estimation.aggregate_trials`); clips whose every trial failed are reported with
 their errors and counted in the success rate, never dropped silently.
 
-Outputs in ``OUT``: ``trials.csv`` (every trial, with status and error), ``clips.csv`` and
-``clips.json`` (per clip after merging), ``summary.json`` (means over clips, success rate, failures,
-FVD, the configuration) and ``trajectories/<name>.npz`` (ground truth and the first successful
+Distribution and resume (:mod:`eval.trials`): each video's trials run as Ray tasks (local Ray on
+127.0.0.1 by default, ``ray.address`` to join a cluster, as ``annotate run``), one per video and trial;
+each finished trial is stored atomically as it completes, samples' in ``OUT/trials``, ground-truth videos'
+in a cache shared by experiments (``cache_dir``, default ``OUT/../gt_cache``), keyed by the video's sha256,
+its intrinsics, the pose settings and the depth source. A rerun (after a kill, or for another method
+against the same ground truth) computes only what is missing; the tables are built from the stored
+trials either way, so they are the same.
+
+Outputs in ``OUT``: ``trials.csv`` (every trial, with status, error and compute seconds), ``clips.csv``
+and ``clips.json`` (per clip after merging; no timings, so a resumed run writes the same file),
+``summary.json`` (means over clips, success rate, failures, FVD, trials computed / reused, wall time,
+CPU-seconds, the configuration) and ``trajectories/<name>.npz`` (ground truth and the first successful
 trial's estimates, for :mod:`eval.report`'s plots).
 """
 
