@@ -70,6 +70,9 @@ bench-train: $(STAMP) ## trainer samples/s and peak memory, with and without cac
 	@[ -d $(OUT)/clips ] || $(MAKE) annotate
 	$(PY) -m train.bench_train --out bench/train.json $(ARGS)
 
+bench-eval: $(STAMP) ## video-trials per CPU-hour of `eval run` and the full protocol's cost -> bench/eval.json
+	$(PY) -m eval.bench_eval --out bench/eval.json $(ARGS)
+
 train: $(STAMP) ## RealCam-I2V 256 on 8xH100 (DeepSpeed ZeRO-1, fp16); CONFIG=... ARGS="key=value ..."
 	$(VENV)/bin/accelerate launch --config_file train/configs/accelerate_8xh100.yaml -m train --config $(or $(CONFIG),train/configs/realcam_256_8xh100.yaml) $(ARGS)
 
@@ -91,4 +94,4 @@ eval: $(STAMP) ## generate the test set, score it, Table 1 -> $(EVAL_OUT); ARGS=
 clean: ## remove outputs (keeps .venv)
 	rm -rf outputs bench .pytest_cache
 
-.PHONY: help install test lint sample annotate report bench-annotate bench-job bench-extract bench-backbone bench-gpu bench-train train train-tiny eval clean
+.PHONY: help install test lint sample annotate report bench-annotate bench-job bench-extract bench-backbone bench-gpu bench-train bench-eval train train-tiny eval clean
