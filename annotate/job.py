@@ -12,8 +12,12 @@ Failure handling: each UDF catches per clip (a bad clip is a failed row, never a
 that dies is retried by Ray (``max_retries`` / ``max_restarts``); a clip whose block Ray still gives up on
 is dropped by Ray Data (``max_errored_blocks=-1``) and gets a "worker crashed" row in the reconciliation
 pass, so every pending clip ends with exactly one row. Resume: clips already in a complete shard are
-skipped. The quantile filter, exports and manifest.json (:func:`annotate.output.finalize`) run at the end
-of every run, over all shards.
+skipped; a damaged shard (sha256 differs from manifest.json and it does not parse) is moved to
+``OUT/quarantine/`` first and its clips are processed again. The quantile filter, exports and manifest.json
+(:func:`annotate.output.finalize`) run at the end of every run, over all shards.
+
+A local Ray (no ``--address`` / RAY_ADDRESS) listens on the loopback address only, and a watchdog process
+kills what is left of it when the driver dies, also by SIGKILL (see :func:`_start_local_ray`).
 """
 
 from __future__ import annotations
@@ -139,7 +143,10 @@ def versions() -> dict:
 @contextmanager
 def folder_lock(out: Path):
     """One job per output folder; the OS drops the lock when the process dies (also on SIGKILL)."""
-    f = open(out / ".lock", "w")
+    try:
+        f = open(out / ".lock", "w")
+    except OSError as e:
+        raise JobError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -154,7 +161,6 @@ def folder_lock(out: Path):
 
 def start_ray(cfg: RayConfig) -> bool:
     """Join ``address`` / RAY_ADDRESS or start a local Ray. Returns whether we started (and must stop) it."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     if ray.is_initialized():
@@ -162,11 +168,185 @@ def start_ray(cfg: RayConfig) -> bool:
     address = cfg.address or os.environ.get("RAY_ADDRESS", "")
     quiet = dict(logging_level=logging.WARNING, log_to_driver=log.isEnabledFor(logging.INFO))
     if address:
-        ray.init(address=address, **quiet)
+        ray.init(address=address, **quiet)  # the cluster's own network and authentication settings
     else:
+        _start_local_ray(cfg, quiet)
+    return True
+
+
+# Local Ray, loopback only. Ray binds every server (GCS, raylet, object manager, workers, dashboard and
+# runtime-env agents, metrics) to the loopback address when the node's IP is a loopback one, and it picks a
+# loopback node IP only in its single-machine mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; ray.init turns an
+# explicit _node_ip_address="127.0.0.1" back into the machine's routable IP).
+# Authentication: with loopback-only servers no other machine can reach this Ray, so a local run keeps
+# RAY_AUTH_MODE=disabled unless the user set it. Otherwise Ray 2.60 turns token auth on for every new local
+# Ray and writes a token to ~/.ray/auth_token (a side effect in the user's home). Other users of the same
+# machine can still connect to 127.0.0.1: on a shared multi-user host set RAY_AUTH_MODE=token, which this job
+# respects. Joining a cluster leaves both to the cluster.
+_SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+# The watchdog (stdlib only, in its own session so a terminal's Ctrl-C or a killpg of the driver's group misses
+# it) reads the pids of the local Ray's own processes (the driver's children that ray.init started) from a pipe
+# whose only write end the driver holds, and every half second records their descendants (agents, workers).
+# EOF comes when the driver closes the pipe after ray.shutdown() or dies in any way, SIGKILL included; the
+# watchdog then SIGKILLs every recorded process still alive (same pid and start time). Ray's kernel
+# fate-sharing ends GCS and raylet with the driver, but the dashboard and runtime-env agents (children of the
+# raylet) hang on to their dead GCS without this. Processes are told apart by pid + start time, not by an
+# environment mark: Ray's setproctitle overwrites /proc/PID/environ.
+_WATCHDOG = r"""
+import os, select, signal, sys, time
+if not os.path.isdir("/proc"):
+    sys.exit(0)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+fd = int(sys.argv[1])
+
+def table():  # pid -> (ppid, start time, state)
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    st = f.read()
+                v = st[st.rindex(")") + 2:].split()
+                out[int(d)] = (int(v[1]), v[19], v[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+known, buf = {}, b""  # pid -> start time: the local Ray's processes seen so far
+
+def record(t):
+    stack = [p for p, s in known.items() if p in t and t[p][1] == s]
+    while stack:
+        pid = stack.pop()
+        for c, v in t.items():
+            if v[0] == pid and c not in known:
+                known[c] = v[1]
+                stack.append(c)
+
+while True:
+    if select.select([fd], [], [], 0.5)[0]:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        *lines, buf = (buf + chunk).split(b"\n")
+        for ln in lines:
+            pid, start = ln.split()
+            known[int(pid)] = start.decode()
+    if known:
+        record(table())
+
+deadline = time.monotonic() + 10
+while known and time.monotonic() < deadline:
+    t = table()
+    record(t)
+    alive = [p for p, s in known.items() if p in t and t[p][1] == s and t[p][2] != "Z"]
+    if not alive:
+        break
+    for pid in alive:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    time.sleep(0.1)
+"""
+
+
+@dataclass
+class _LocalRay:
+    watchdog: object  # subprocess.Popen
+    pipe: int  # the write end; closing it (or dying) starts the watchdog's sweep
+
+
+_local: _LocalRay | None = None
+
+
+def _children() -> dict[int, str]:
+    """This process's children: pid -> start time (field 22 of /proc/PID/stat), {} without /proc."""
+    out = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return out
+    for d in names:
+        if d.isdigit():
+            try:
+                st = Path(f"/proc/{d}/stat").read_text()
+                v = st[st.rindex(")") + 2:].split()
+                if int(v[1]) == os.getpid():
+                    out[int(d)] = v[19]
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def _start_local_ray(cfg: RayConfig, quiet: dict) -> None:
+    global _local
+    import subprocess
+
+    import ray
+    import ray._private.ray_constants as ray_constants
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # see the note above
+    r, w = os.pipe()  # not inheritable: only this process holds the write end
+    try:
+        dog = subprocess.Popen([sys.executable, "-I", "-S", "-c", _WATCHDOG, str(r)], pass_fds=(r,),
+                               start_new_session=True, stdin=subprocess.DEVNULL)
+    finally:
+        os.close(r)
+    _local = _LocalRay(dog, w)
+    before = _children()
+    # Both: the variable for Ray's child processes, the constant for a driver that imported ray already.
+    saved_env, saved_const = os.environ.get(_SINGLE_MACHINE), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_SINGLE_MACHINE], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
         ray.init(num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=False,
                  object_store_memory=int(cfg.object_store_mb) << 20, **quiet)
-    return True
+        ip = ray.util.get_node_ip_address()
+        # ray.init is synchronous: the children that appeared meanwhile are the local Ray's own processes
+        started = {pid: st for pid, st in _children().items() if pid not in before}
+        os.write(w, "".join(f"{pid} {st}\n" for pid, st in started.items()).encode())
+    except BaseException:
+        stop_ray()
+        raise
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_const
+        if saved_env is None:
+            os.environ.pop(_SINGLE_MACHINE, None)
+        else:
+            os.environ[_SINGLE_MACHINE] = saved_env
+    if not _is_loopback(ip):  # a Ray version that ignores the switch would listen on all interfaces
+        stop_ray()
+        raise JobError(f"the local Ray took node IP {ip}, not a loopback address; refusing to run it "
+                       f"reachable from the network (start a Ray cluster and pass --address instead)")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        a = ipaddress.ip_address(host)
+    except ValueError:
+        return host == "localhost"
+    return a.is_loopback or bool(getattr(a, "ipv4_mapped", None) and a.ipv4_mapped.is_loopback)
+
+
+def stop_ray() -> None:
+    """Shut down the Ray this process started; for a local one, let its watchdog sweep what is left."""
+    global _local
+    import ray
+
+    try:
+        ray.shutdown()
+    finally:
+        loc, _local = _local, None
+        if loc is not None:
+            os.close(loc.pipe)
+            try:
+                loc.watchdog.wait(timeout=15)
+            except Exception:  # noqa: BLE001 - it ends on its own within seconds
+                pass
 
 
 def build_dataset(rows: list[dict], cfg: JobConfig):
@@ -245,12 +425,30 @@ def run(manifest: str | os.PathLike, out: str | os.PathLike, cfg: JobConfig | No
     ``cfg.retry_failed``), then filter, export and write manifest.json. Returns a summary dict."""
     cfg = cfg or JobConfig()
     manifest, out = Path(manifest), Path(out)
+    check_out_folder(out)
     rows = load_manifest(manifest)  # raises ManifestError before anything is written
     if not 0 <= cfg.quantile < 0.5:
         raise ConfigError(f"quantile must be in [0, 0.5), got {cfg.quantile}")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise JobError(f"cannot create the output folder {out}: {e.strerror or e}") from None
     with folder_lock(out):
         return _run_locked(manifest, rows, out, cfg)
+
+
+def check_out_folder(out: Path) -> None:
+    """OUT must be a folder we can write to, or creatable: one clear line instead of a traceback later."""
+    if out.exists() and not out.is_dir():
+        raise JobError(f"{out} exists and is not a folder; give a new or an existing output folder")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise JobError(f"cannot create the output folder {out}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "is read-only" if probe == out else f"cannot be created ({probe} is read-only)"
+        raise JobError(f"the output folder {out} {what}; give a folder you can write to")
 
 
 def _run_locked(manifest: Path, rows: list[dict], out: Path, cfg: JobConfig) -> dict:
@@ -258,6 +456,7 @@ def _run_locked(manifest: Path, rows: list[dict], out: Path, cfg: JobConfig) -> 
     n_tmp = output.clean_temp(out)
     if n_tmp:
         log.warning("removed %d temp file(s) of an interrupted run in %s", n_tmp, out)
+    quarantined = output.quarantine_damaged(out)  # before anything reads the shards; their clips become pending
     done = {cid: r["status"] for cid, (_, _, r) in output.latest_rows(out, ["status"]).items()}
     ids = {r["clip_id"] for r in rows}
     redo = {c for c, s in done.items() if s != "ok"} if cfg.retry_failed else set()
@@ -300,14 +499,12 @@ def _run_locked(manifest: Path, rows: list[dict], out: Path, cfg: JobConfig) -> 
         writer.flush()  # keep what finished, also on errors and Ctrl-C
         prog.close()
         if started_ray:
-            import ray
-
-            ray.shutdown()
+            stop_ray()
 
     seconds = time.perf_counter() - t0
     run_entry = {"started": started, "finished": output._now(), "processed": len(pending),
                  "already_done": already, "retry_failed": cfg.retry_failed, "worker_crashed": crashed,
-                 "seconds": round(seconds, 3),
+                 "quarantined": quarantined, "seconds": round(seconds, 3),
                  "clips_per_hour": round(3600 * len(pending) / seconds, 2) if pending and seconds > 0 else 0.0}
     n_depth = sum(1 for r in rows if r.get("depth_path"))
     meta = {"input_manifest": str(manifest.resolve()), "config": to_dict(cfg), "versions": versions(),
@@ -317,7 +514,7 @@ def _run_locked(manifest: Path, rows: list[dict], out: Path, cfg: JobConfig) -> 
     if summary.unknown_ids:
         log.warning("%s holds %d row(s) of clips that are not in %s", out, summary.unknown_ids, manifest)
     result = {"out": str(out), "processed": len(pending), "already_done": already, "worker_crashed": crashed,
-              "seconds": seconds, "summary": summary}
+              "quarantined": quarantined, "seconds": seconds, "summary": summary}
     if cfg.progress:
         print_summary(result, out)
     return result
@@ -352,6 +549,8 @@ def print_summary(result: dict, out: Path) -> None:
                   f"scale_min in [{th.scale_min[0]:.4g}, {th.scale_min[1]:.4g}]")
     if s.failure_reasons:
         con.print("top failure reasons: " + "; ".join(f"{k} ({v})" for k, v in list(s.failure_reasons.items())[:5]))
+    for q in result.get("quarantined", []):
+        con.print(f"damaged shard {q['shard']} moved to {q['moved_to']} ({q['reason']}); its clips were redone")
     con.print(f"this run: {result['processed']} clip(s) processed, {result['already_done']} already done, "
               f"{result['worker_crashed']} worker crash(es), {result['seconds']:.1f} s")
     con.print(f"output: {out}/clips, {out}/export, {out}/manifest.json; "
@@ -420,6 +619,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         cfg = make_config(args.config, args.overrides, args)
         run(args.manifest, args.out, cfg)
     except (ManifestError, ConfigError, JobError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. the disk filled up during the final pass: the errno text and the file
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,6 +2,9 @@
 
 Crash safety: every file is written to a temp file in ``OUT`` (named ``.tmp-*``, never ``*.parquet``) and
 renamed into place, so a killed job leaves only complete shards (plus temp files the next run removes).
+Damage after the fact (a truncated copy, a bad disk) is caught on start: :func:`damaged_shards` checks each
+shard against the sha256 in manifest.json and, where it differs or is unrecorded, that it parses (shards carry
+Parquet page checksums); ``run`` moves a damaged shard to ``OUT/quarantine/`` and processes its clips again.
 A clip may briefly sit in two shards (a ``--retry-failed`` row written before the old shard is rewritten);
 readers keep the row of the highest-numbered shard and :func:`finalize` removes the other.
 """
@@ -26,6 +29,7 @@ log = logging.getLogger("realcam")
 
 CLIPS_DIR = "clips"
 EXPORT_DIR = "export"
+QUARANTINE_DIR = "quarantine"
 MANIFEST_JSON = "manifest.json"
 TMP_PREFIX = ".tmp-"
 SHARD_RE = re.compile(r"^part-(\d{5,})\.parquet$")
@@ -44,6 +48,7 @@ SCHEMA = pa.schema([
     ("seconds", pa.float32()),  # extra: worker wall time of the clip (triangulation + depth)
     ("cpu_seconds", pa.float32()),  # extra: worker CPU time of the clip (triangulation + depth)
 ])
+_EXTRA = ("seconds", "cpu_seconds")  # not in the contract; shards of an older version may lack them
 _STR = ("clip_id", "split", "youtube_id", "status", "error")
 _NESTED = {"intrinsics": 4, "w2c": 12, "c2w_metric": 16}
 _FLAT = {"timestamps_us": np.int64, "frame_scale": np.float32, "frame_num_points": np.int32}
@@ -133,8 +138,82 @@ def sha256_file(path: str | os.PathLike) -> str:
 def write_shard(out: Path, index: int, table: pa.Table) -> Path:
     dest = Path(out) / CLIPS_DIR / f"part-{index:05d}.parquet"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, dest, lambda tmp: pq.write_table(table.cast(SCHEMA), tmp, compression="zstd"))
+    # page checksums: a flipped byte inside a shard fails the start-up check instead of reading as a value
+    atomic_write_bytes(out, dest, lambda tmp: pq.write_table(table.cast(SCHEMA), tmp, compression="zstd",
+                                                             write_page_checksum=True))
     return dest
+
+
+# ------------------------------------------------------------------------------------------------ damage
+
+
+class ShardError(RuntimeError):
+    """Damaged shards in an output folder (the message names each one)."""
+
+
+def shard_problem(path: str | os.PathLike) -> str:
+    """'' if the shard reads completely with the contract's columns, else what is wrong (one line)."""
+    try:
+        t = pq.read_table(path, page_checksum_verification=True)
+    except Exception as e:  # noqa: BLE001 - ArrowInvalid, OSError, ...: any of them means unreadable
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return f"does not parse ({e.__class__.__name__}: {msg})"
+    missing = [f.name for f in SCHEMA if f.name not in t.column_names and f.name not in _EXTRA]
+    if missing:
+        return f"lacks column(s) {', '.join(missing)}"
+    if t.schema.field("clip_id").type != pa.string() or t.column("clip_id").null_count:
+        return "clip_id is not a string column without nulls"
+    return ""
+
+
+def damaged_shards(out: str | os.PathLike) -> list[tuple[Path, str]]:
+    """(shard, reason) for every damaged shard. A shard whose sha256 matches manifest.json is intact; one that
+    differs or is not recorded (written by a run that did not reach its final pass, or rewritten by an
+    interrupted final pass) must parse completely, page checksums included."""
+    out = Path(out)
+    recorded = {s.get("path"): s.get("sha256") for s in read_manifest_json(out).get("shards", [])
+                if isinstance(s, dict)}
+    bad = []
+    for _, path in list_shards(out):
+        rel = f"{CLIPS_DIR}/{path.name}"
+        sha = sha256_file(path)
+        if recorded.get(rel) == sha:
+            continue
+        problem = shard_problem(path)
+        if problem:
+            why = "its sha256 differs from manifest.json" if rel in recorded else "not in manifest.json"
+            bad.append((path, f"{problem}; {why}"))
+        elif rel in recorded:
+            log.info("%s differs from its sha256 in manifest.json but reads completely; keeping it", path)
+    return bad
+
+
+def quarantine_damaged(out: str | os.PathLike) -> list[dict]:
+    """Move damaged shards to ``OUT/quarantine/`` (call only while holding the folder's lock); their clips then
+    count as not done. Returns one entry per moved shard for the run history."""
+    out = Path(out)
+    moved = []
+    for path, reason in damaged_shards(out):
+        qdir = out / QUARANTINE_DIR
+        qdir.mkdir(exist_ok=True)
+        dest, k = qdir / path.name, 0
+        while dest.exists():  # a later shard with the same index was damaged before
+            k += 1
+            dest = qdir / f"{path.name}.{k}"
+        os.replace(path, dest)
+        log.warning("%s is damaged (%s): moved to %s; its clips are processed again", path, reason, dest)
+        moved.append({"shard": f"{CLIPS_DIR}/{path.name}", "moved_to": dest.relative_to(out).as_posix(),
+                      "reason": reason})
+    return moved
+
+
+def check_shards(out: str | os.PathLike) -> None:
+    """Raise :class:`ShardError` naming each damaged shard (for readers, which must not move files)."""
+    bad = damaged_shards(out)
+    if bad:
+        names = "; ".join(f"{p} {why}" for p, why in bad)
+        raise ShardError(f"{len(bad)} damaged shard(s): {names}. Rerun `python -m annotate run` on this folder: "
+                         f"it moves them to {Path(out) / QUARANTINE_DIR} and annotates their clips again")
 
 
 # ------------------------------------------------------------------------------------------------ rows
@@ -307,7 +386,7 @@ def finalize(out: str | os.PathLike, quantile: float, meta: dict | None = None, 
         ids = old.column("clip_id").to_pylist()
         mask = np.array([win[c][:2] == (n, i) for i, c in enumerate(ids)], bool)
         t = old.filter(pa.array(mask))
-        for f in SCHEMA:  # shards of an older version may lack an extra column
+        for f in SCHEMA:  # shards of an older version may lack an extra column (_EXTRA)
             if f.name not in t.column_names:
                 t = t.append_column(f, pa.nulls(t.num_rows, f.type))
         if t.num_rows == 0:

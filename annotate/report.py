@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,6 +25,10 @@ import numpy as np
 from annotate import output
 
 log = logging.getLogger("realcam")
+
+
+class ReportError(RuntimeError):
+    pass
 
 
 @dataclass
@@ -228,8 +233,16 @@ def report(out: str | Path, clip: str | None = None, report_dir: str | Path | No
     out = Path(out)
     if not output.list_shards(out):
         raise FileNotFoundError(f"{out}: no shards under {out / output.CLIPS_DIR}")
+    output.check_shards(out)  # a damaged shard is named here, not met as an ArrowInvalid traceback below
     folder = Path(report_dir) if report_dir else out / "report"
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        writable = os.access(folder, os.W_OK | os.X_OK)
+    except OSError as e:
+        raise ReportError(f"cannot create the report folder {folder} ({e.strerror}); "
+                          f"choose another with --out DIR") from None
+    if not writable:
+        raise ReportError(f"the report folder {folder} is read-only; choose another with --out DIR")
     mj = output.read_manifest_json(out)
     t = output.read_table(out)
     rep = Report(folder, summary_text(t, mj))
@@ -282,8 +295,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     try:
         report(args.out, args.clip, args.report_dir)
-    except (FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (FileNotFoundError, KeyError, output.ShardError, ReportError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     return 0
 

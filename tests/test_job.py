@@ -1,9 +1,11 @@
-"""The Ray Data annotation job end to end on CPU: contract, bad clips, kill + resume, worker crashes, depth model."""
+"""The Ray Data annotation job end to end on CPU: contract, bad clips, loopback-only local Ray, kill + resume with
+nothing left running, worker crashes, depth model."""
 
 from __future__ import annotations
 
 import csv
 import glob
+import ipaddress
 import json
 import os
 import signal
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -190,26 +193,66 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def test_sigkill_midway_then_resume(annot_sample, tmp_path):
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _listening(pids: list[int]) -> list[tuple[str, str, int]]:
+    """(process name, address, port) of every listening TCP socket of these processes."""
+    out = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            out += [(proc.name(), c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="inet")
+                    if c.status == psutil.CONN_LISTEN]
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def _loopback(ip: str) -> bool:
+    a = ipaddress.ip_address(ip.split("%")[0])
+    return a.is_loopback or bool(getattr(a, "ipv4_mapped", None) and a.ipv4_mapped.is_loopback)
+
+
+def test_local_ray_loopback_only_sigkill_leaves_nothing_then_resume(annot_sample, tmp_path):
+    """Issue 12 items 2 and 10 on one real run: every socket of the local Ray listens on loopback only, and
+    after the driver is SIGKILLed no process of that Ray survives (agents included); then resume."""
     manifest = annot_sample / "manifest.csv"
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "annotate", "run", str(manifest), str(out), "shard_rows=1", "--num-cpus", "2",
            "--no-progress"]
     p = subprocess.Popen(cmd, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.time()
+    procs: list[int] = []
     try:
-        while not list((out / "clips").glob("*.parquet")) and p.poll() is None and time.time() - t0 < 180:
+        while not list((out / "clips").glob("*.parquet")) and p.poll() is None and time.time() - t0 < 300:
             time.sleep(0.1)
-    finally:
-        procs = _descendants(p.pid)  # Ray's workers leave the group (own sessions): kill them by pid too
-        os.killpg(p.pid, signal.SIGKILL)
+        assert p.poll() is None, "the run ended before its first shard"
+        procs = [p.pid] + _descendants(p.pid)  # driver, GCS, raylet, agents, workers, the watchdog
+        names = {psutil.Process(q).name() for q in procs if _alive(q)}
+        assert {"gcs_server", "raylet"} <= names and any("Agent" in n for n in names), names
+        socks = _listening(procs)
+        assert {"gcs_server", "raylet"} <= {n for n, _, _ in socks}, socks
+        assert all(_loopback(ip) for _, ip, _ in socks), [s for s in socks if not _loopback(s[1])]
+
+        os.killpg(p.pid, signal.SIGKILL)  # the driver and its process group; Ray's workers have their own
         p.wait()
-        for pid in procs:
-            try:
-                if b"ray" in open(f"/proc/{pid}/cmdline", "rb").read():
-                    os.kill(pid, signal.SIGKILL)
-            except (OSError, ProcessLookupError):
-                pass
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_alive(q) for q in procs):
+            time.sleep(0.1)
+        left = [(q, psutil.Process(q).name()) for q in procs if _alive(q)]
+        assert not left, f"outlived the SIGKILLed driver by 10 s: {left}"
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        for q in procs:  # only if the assertion above failed: leave no Ray behind
+            if _alive(q):
+                os.kill(q, signal.SIGKILL)
     assert p.returncode == -signal.SIGKILL
     before = all_shard_ids(out)
     assert 1 <= len(before) < 6 and len(set(before)) == len(before)
