@@ -86,8 +86,8 @@ def test_run_and_report_write_table1_columns(generated, tmp_path):
     main(["run", str(exp), "--out", str(res), "--trials", "1", "--no-affine", "--no-progress",
           "--styleganv-i3d", str(det)])
     summary = json.loads((res / "summary.json").read_text())
-    assert summary["num_videos"] == 2 and "success_rate" in summary
-    assert "FVD_styleganv" in summary
+    assert summary["num_videos"] == len(list((exp / "camera_data").glob("*.txt"))) and "success_rate" in summary
+    assert "FVD_styleganv" in summary  # a value, or NaN with fvd_error when too few clips for a covariance
     assert main(["report", str(res), "--out", str(tmp_path / "table"), "--no-plots"]) == 0
     with open(tmp_path / "table" / "table.csv") as f:
         header = next(csv.reader(f))
