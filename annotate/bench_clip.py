@@ -44,7 +44,7 @@ MIN_POINTS = 20  # ScaleConfig.min_points
 def make_clips(folder: Path, clips: int, frames: int, width: int, height: int, seed: int) -> list[dict]:
     if not (folder / "manifest.csv").exists():
         generate(SynthConfig(out=str(folder), clips=clips, frames=frames, width=width, height=height, seed=seed,
-                             trajectories=["re10k"], supersample=2, workers=0))
+                             trajectories=["re10k"], supersample=1, workers=0))
     truth = load_ground_truth(folder)
     rows = []
     for row in read_manifest_rows(folder / "manifest.csv")[:clips]:

@@ -184,7 +184,8 @@ def known_geometry(w2c1: np.ndarray, w2c2: np.ndarray, k1: np.ndarray, k2: np.nd
     tvg = pycolmap.TwoViewGeometry()
     tvg.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
     tvg.cam2_from_cam1 = pycolmap.Rigid3d(pycolmap.Rotation3d(r), t)
-    tvg.E, tvg.F = e, f / np.abs(f).max()
+    norm = np.abs(f).max()
+    tvg.E, tvg.F = e, f / norm if norm > 0 else f  # F = 0: no baseline, nothing to triangulate
     return tvg
 
 
@@ -196,6 +197,7 @@ def _gray(img: np.ndarray, sfm_hw: tuple[int, int]) -> np.ndarray:
 
 
 def triangulate_keyframes(frames: np.ndarray, intrinsics: np.ndarray, w2c: np.ndarray, cfg: SfmConfig) -> Observations:
+    """The ``keyframes`` pipeline (module docstring); features stay in memory, only the database is on disk."""
     nf, h, w = frames.shape[:3]
     sh, sw = sfm_size((h, w), cfg.max_side)
     w2c = np.asarray(w2c, np.float64)
@@ -225,6 +227,8 @@ def triangulate_keyframes(frames: np.ndarray, intrinsics: np.ndarray, w2c: np.nd
             geoms = {}
             for i, j in keyframe_pairs(w2c[keys], cfg.key_overlap, cfg.pair_max_angle):
                 tvg = known_geometry(w2c[keys[i]], w2c[keys[j]], kmat[i], kmat[j])
+                if not np.any(tvg.F):
+                    continue
                 matcher.match_guided(cfg.epipolar_max_error, feats[i][0], feats[i][1], cams[i],
                                      feats[j][0], feats[j][1], cams[j], tvg)
                 if len(tvg.inlier_matches):
