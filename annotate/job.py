@@ -550,7 +550,7 @@ def print_summary(result: dict, out: Path) -> None:
     if s.failure_reasons:
         con.print("top failure reasons: " + "; ".join(f"{k} ({v})" for k, v in list(s.failure_reasons.items())[:5]))
     for q in result.get("quarantined", []):
-        con.print(f"damaged shard {q['shard']} moved to {q['moved_to']} ({q['reason']}); its clips were redone")
+        con.print(f"damaged shard moved: {q['moved']} ({q['reason']}); its clips were processed again")
     con.print(f"this run: {result['processed']} clip(s) processed, {result['already_done']} already done, "
               f"{result['worker_crashed']} worker crash(es), {result['seconds']:.1f} s")
     con.print(f"output: {out}/clips, {out}/export, {out}/manifest.json; "
@@ -592,11 +592,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logging")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each record: a caller that swaps it (pytest's capture) and closes the
+    old one does not leave the handler writing to a closed file."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
 def setup_logging(verbose: int) -> None:
     level = logging.WARNING if not verbose else logging.INFO if verbose == 1 else logging.DEBUG
     logger = logging.getLogger("realcam")
     if not logger.handlers:
-        h = logging.StreamHandler(sys.stderr)
+        h = _StderrHandler()
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         logger.addHandler(h)
     logger.setLevel(level)

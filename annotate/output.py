@@ -189,21 +189,21 @@ def damaged_shards(out: str | os.PathLike) -> list[tuple[Path, str]]:
 
 
 def quarantine_damaged(out: str | os.PathLike) -> list[dict]:
-    """Move damaged shards to ``OUT/quarantine/`` (call only while holding the folder's lock); their clips then
-    count as not done. Returns one entry per moved shard for the run history."""
+    """Move damaged shards to ``OUT/quarantine/<name>.damaged`` (call only while holding the folder's lock);
+    their clips then count as not done. The suffix keeps globs for ``*.parquet`` (readers, the contract's
+    validator, which also scans manifest.json for such names) off them. Returns entries for the run history."""
     out = Path(out)
     moved = []
     for path, reason in damaged_shards(out):
         qdir = out / QUARANTINE_DIR
         qdir.mkdir(exist_ok=True)
-        dest, k = qdir / path.name, 0
+        dest, k = qdir / f"{path.name}.damaged", 0
         while dest.exists():  # a later shard with the same index was damaged before
             k += 1
-            dest = qdir / f"{path.name}.{k}"
+            dest = qdir / f"{path.name}.{k}.damaged"
         os.replace(path, dest)
         log.warning("%s is damaged (%s): moved to %s; its clips are processed again", path, reason, dest)
-        moved.append({"shard": f"{CLIPS_DIR}/{path.name}", "moved_to": dest.relative_to(out).as_posix(),
-                      "reason": reason})
+        moved.append({"moved": f"{CLIPS_DIR}/{path.name} -> {dest.relative_to(out).as_posix()}", "reason": reason})
     return moved
 
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -77,11 +78,24 @@ def test_shard_check_tells_damage_from_rewrites(annotated_sample, tmp_path, caps
     assert sorted(p.name for p in (out / "clips").iterdir()) == sorted(x.name for x in (a, b, c, d))
 
 
+def _ray_children() -> list[tuple[int, str]]:
+    out = []
+    for c in psutil.Process().children(recursive=True):
+        try:
+            if c.status() != psutil.STATUS_ZOMBIE and (c.name() in ("raylet", "gcs_server")
+                                                       or c.name().startswith("ray::")):
+                out.append((c.pid, c.name()))
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
 def test_truncated_shard_is_quarantined_and_its_clips_redone(annotated_sample, annot_manifest, tmp_path, caplog):
     out = _copy(annotated_sample, tmp_path / "out")
     shards = [p for _, p in output.list_shards(out)]
-    # the shard with the most bad clips: they fail fast when processed again
-    victim = max(shards, key=lambda p: sum(c.startswith("bad_") for c in _ids(p)))
+    # not the last shard (the redone rows then go to a new index), and the one with the most bad clips (they fail
+    # fast when processed again)
+    victim = max(shards[:-1], key=lambda p: sum(c.startswith("bad_") for c in _ids(p)))
     lost = _ids(victim)
     kept_rows = {p.name: pq.read_table(p) for p in shards if p != victim}
     damaged = victim.read_bytes()[: victim.stat().st_size * 2 // 3]
@@ -90,15 +104,16 @@ def test_truncated_shard_is_quarantined_and_its_clips_redone(annotated_sample, a
     with caplog.at_level(logging.WARNING, logger="realcam"):
         assert main(["run", str(annot_manifest), str(out), "shard_rows=4", "--num-cpus", "2", "--no-progress",
                      "ray.object_store_mb=256"]) == 0
+    # the run stopped its local Ray and the watchdog swept it: no Ray process is left below this one
+    assert not _ray_children(), _ray_children()
     warned = [r.getMessage() for r in caplog.records if "quarantine" in r.getMessage()]
     assert len(warned) == 1 and str(victim) in warned[0]  # one line naming the shard
     # the damaged file is kept for inspection, byte for byte
-    assert (out / "quarantine" / victim.name).read_bytes() == damaged
+    assert (out / "quarantine" / f"{victim.name}.damaged").read_bytes() == damaged
     mj = json.loads((out / "manifest.json").read_text())
     last = mj["runs"][-1]
     assert last["processed"] == len(lost) and last["already_done"] == 12 - len(lost)
-    assert [(q["shard"], q["moved_to"]) for q in last["quarantined"]] == [
-        (f"clips/{victim.name}", f"quarantine/{victim.name}")]
+    assert [q["moved"] for q in last["quarantined"]] == [f"clips/{victim.name} -> quarantine/{victim.name}.damaged"]
     assert "does not parse" in last["quarantined"][0]["reason"]
     # every manifest clip exactly once, the untouched shards' rows unchanged, the contract holds
     ids = all_shard_ids(out)
