@@ -165,10 +165,10 @@ def plan_clips(clips: list[ClipPaths], cfg: EvalRunConfig, depth: DepthSource | 
         plan = ClipPlan(clip.name)
         plans.append(plan)
 
-        def fail(msg: str, plan: ClipPlan = plan) -> None:
+        def fail(msg: str, plan: ClipPlan = plan, left: int = 2 * len(seeds)) -> None:
             logger.warning("%s: %s", plan.name, msg)
             plan.error = msg
-            prog.advance(2 * len(seeds), computed=False)
+            prog.advance(left, computed=False)
 
         if clip.missing:
             fail(f"missing {', '.join(clip.missing)}")
@@ -200,7 +200,7 @@ def plan_clips(clips: list[ClipPaths], cfg: EvalRunConfig, depth: DepthSource | 
                 if job.seeds and depth is not None:
                     job.depth0 = predict_depth0(depth, frames[job.kind])
         except Exception as e:  # noqa: BLE001 - a broken depth model fails the clip, visibly
-            fail(f"depth prediction failed: {e.__class__.__name__}: {e}")
+            fail(f"depth prediction failed: {e.__class__.__name__}: {e}", left=sum(len(j.seeds) for j in jobs))
             continue
         plan.gt_c2w = relative_to(cam.c2w, 0)
         del frames, sample, gt
