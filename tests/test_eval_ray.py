@@ -131,3 +131,22 @@ def test_second_experiment_reuses_cached_ground_truth(runs, capsys):
     assert store.load(trial_key(sha, intr, plain, None), 0)["status"] == "ok"
     assert store.load(trial_key(sha, intr, PoseEstimationConfig(), None), 0) is None
     assert store.load(trial_key(sha, intr, plain, "some-depth-model"), 0) is None
+
+
+def test_store_ignores_damaged_or_foreign_records(tmp_path):
+    from eval.trials import RECORD_FORMAT, TrialProgress
+
+    store = TrialStore(tmp_path)
+    rec = {"format": RECORD_FORMAT, "key": "k1", "seed": 3, "status": "ok", "c2w": [[0.0]]}
+    store.save(rec)
+    assert store.load("k1", 3) == rec and store.load("k1", 4) is None
+    store.path("k1", 4).write_text('{"format": 1, "key": "k1", "se')  # not written by save(): a damaged file
+    assert store.load("k1", 4) is None
+    store.path("k2", 3).parent.mkdir()
+    store.path("k2", 3).write_text(json.dumps(rec))  # k1's record under k2's name
+    assert store.load("k2", 3) is None
+    prog = TrialProgress(10, enabled=False)
+    prog.advance(4, computed=False)  # reused trials count as done but not towards the rate
+    assert prog.done == 4 and prog.computed == 0 and "-- min left" in prog.info()
+    prog.advance(2)
+    assert "trials/min" in prog.info() and "min left" in prog.info()
