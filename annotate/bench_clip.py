@@ -203,7 +203,7 @@ def run_colmap_cli(row: dict, colmap: str = "colmap") -> dict:
 
 
 SWEEP = [dict(keyframe_stride=3), dict(keyframe_stride=8), dict(key_overlap=2), dict(key_overlap=6),
-         dict(max_side=480), dict(max_features=1024), dict(projected_points=200)]
+         dict(max_side=480), dict(keyframe_max_features=2048), dict(projected_points=200)]
 
 
 def main(argv: list[str] | None = None) -> dict:

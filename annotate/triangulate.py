@@ -7,8 +7,8 @@ Two pipelines (``SfmConfig.pipeline``):
   ``pycolmap.triangulate_points``. Every other frame gets the 3D points of its two bracketing keyframes by
   projection; those observations carry ``projected=1`` and are kept only where the frame's own metric depth
   agrees with the point (:func:`visible_ratios`, after the depth stage), so each frame still gets its own
-  scale from its own depth. 0.26 against 1.1 CPU-seconds per frame of ``sequential`` on 150-frame 640x360
-  clips at the same accuracy (``make bench-annotate``, README).
+  scale from its own depth. 0.18-0.21 against 1.1-1.3 CPU-seconds per frame of ``sequential`` on 150-frame
+  640x360 clips at the same accuracy (``make bench-annotate``, README).
 * ``sequential``: SIFT on every frame, sequential (or exhaustive) matching with RANSAC verification, then
   ``pycolmap.triangulate_points`` (the default before issue 15).
 
@@ -45,7 +45,7 @@ PIPELINES = ("keyframes", "sequential")
 class SfmConfig:
     pipeline: str = "keyframes"  # or "sequential" (SIFT and matching on every frame; the pre-issue-15 default)
     max_side: int = 640  # frames are downscaled so their longest side is at most this (intrinsics follow)
-    max_features: int = 2048  # SIFT features per frame
+    max_features: int = 2048  # sequential: SIFT features per frame
     overlap: int = 6  # sequential: each frame is matched with the next `overlap` frames
     exhaustive_max_frames: int = 12  # sequential: clips with at most this many frames are matched exhaustively
     min_track_length: int = 2
@@ -55,6 +55,7 @@ class SfmConfig:
     tmp_dir: str | None = None  # where the per-clip temporary folders go (default: the system's)
     # keyframes pipeline
     keyframe_stride: int = 5  # at most this many frames from one keyframe to the next
+    keyframe_max_features: int = 1024  # SIFT features per keyframe (2048 costs 1.4x more, same accuracy)
     keyframe_max_rotation: float = 6.0  # degrees; a sharper turn since the last keyframe starts one sooner
     key_overlap: int = 4  # each keyframe is matched with its next `key_overlap` keyframes ...
     pair_max_angle: float = 50.0  # ... whose optical axes differ by less than this (degrees): the views overlap
@@ -212,7 +213,7 @@ def triangulate_keyframes(frames: np.ndarray, intrinsics: np.ndarray, w2c: np.nd
             clock.start()
             ext = pycolmap.FeatureExtractionOptions()
             ext.num_threads = cfg.num_threads
-            ext.sift.max_num_features = cfg.max_features
+            ext.sift.max_num_features = cfg.keyframe_max_features
             extractor = pycolmap.FeatureExtractor.create(ext, device=pycolmap.Device.cpu)
             feats = [extractor.extract_from_uint8_array(_gray(frames[k], (sh, sw))) for k in keys]
             clock.stop("extract")
