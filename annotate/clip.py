@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import numpy as np
 from annotate.depth import DepthAnythingPredictor, DepthConfig, DepthFileError, PrecomputedDepth, depth_at_keypoints
 from annotate.re10k import DEFAULT_ROTATION_TOL, CameraFileError, read_camera_file
 from annotate.scale import NoValidScale, ScaleConfig, clip_statistics, frame_scales, metric_cameras, point_ratios
-from annotate.triangulate import SfmConfig, TriangulationError, triangulate, visible_ratios
+from annotate.triangulate import Observations, SfmConfig, TriangulationError, triangulate, visible_ratios
 from annotate.video import VideoError, read_frames
 
 log = logging.getLogger("realcam")
@@ -86,13 +86,30 @@ def load_clip(rec: dict, cfg: ClipConfig) -> tuple[dict, np.ndarray]:
     return rec, frames
 
 
+def _triangulate(frames: np.ndarray, rec: dict, cfg: ClipConfig) -> Observations:
+    """The configured pipeline; with ``sfm.fallback_sequential`` a keyframes result with fewer than
+    ``min_points`` points (or none) is redone with the sequential pipeline."""
+    args = (frames, rec["intrinsics"].reshape(-1, 4), rec["w2c"].reshape(-1, 3, 4))
+    if cfg.sfm.pipeline != "keyframes" or not cfg.sfm.fallback_sequential:
+        return triangulate(*args, cfg.sfm)
+    try:
+        obs = triangulate(*args, cfg.sfm)
+        if obs.num_points >= cfg.min_points:
+            return obs
+        why = f"{obs.num_points} points"
+    except TriangulationError as e:
+        why = str(e)
+    log.debug("clip %s: keyframes pipeline gave too few points (%s); sequential fallback", rec["clip_id"], why)
+    return triangulate(*args, replace(cfg.sfm, pipeline="sequential"))
+
+
 def triangulate_stage(row: dict, cfg: ClipConfig, keep_frames: bool = False) -> dict:
     """Stage 1. With ``keep_frames`` the decoded frames ride along under ``_frames`` (in-process use only)."""
     t0 = time.perf_counter()
     rec = empty_record(row)
     try:
         rec, frames = load_clip(rec, cfg)
-        obs = triangulate(frames, rec["intrinsics"].reshape(-1, 4), rec["w2c"].reshape(-1, 3, 4), cfg.sfm)
+        obs = _triangulate(frames, rec, cfg)
         if obs.num_points < cfg.min_points:
             raise ClipError(f"too few 3D points: {obs.num_points} triangulated (need {cfg.min_points}) "
                             f"from {rec['video_path']}")

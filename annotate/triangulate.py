@@ -44,6 +44,9 @@ PIPELINES = ("keyframes", "sequential")
 @dataclass
 class SfmConfig:
     pipeline: str = "keyframes"  # or "sequential" (SIFT and matching on every frame; the pre-issue-15 default)
+    # keyframes: a clip that gives too few points (small frames, forward motion with little parallax between
+    # keyframes) is triangulated again with the sequential pipeline, so no clip is lost to the cheaper default
+    fallback_sequential: bool = True
     max_side: int = 640  # frames are downscaled so their longest side is at most this (intrinsics follow)
     max_features: int = 2048  # sequential: SIFT features per frame
     overlap: int = 6  # sequential: each frame is matched with the next `overlap` frames

@@ -144,3 +144,27 @@ def test_unknown_pipeline_is_a_clear_error():
     with pytest.raises(ValueError, match="clip.sfm.pipeline: unknown pipeline 'fast'; choose from keyframes"):
         triangulate(np.zeros((2, 8, 8, 3), np.uint8), np.full((2, 4), 0.5), np.zeros((2, 3, 4)),
                     SfmConfig(pipeline="fast"))
+
+
+def test_small_forward_clip_falls_back_to_sequential(tmp_path):
+    """A 96x64 forward walk leaves the keyframes too little parallax: without the fallback the clip fails with
+    too few points, with it (the default) the sequential pipeline recovers the true scale."""
+    from annotate.synth import SynthConfig, generate
+
+    sample = generate(SynthConfig(out=str(tmp_path / "s"), clips=1, frames=16, width=96, height=64, seed=3,
+                                  trajectories=["walk"], workers=1))
+    row = resolve_paths(read_manifest_rows(sample / "manifest.csv")[0], sample)
+    true = load_ground_truth(sample)[row["clip_id"]]["scale"]
+    cfg = ClipConfig()
+    cfg.sfm.fallback_sequential = False
+    rec = triangulate_stage(row, cfg)
+    assert rec["status"] == "failed" and "too few 3D points" in rec["error"]
+    cfg = ClipConfig()
+    assert cfg.sfm.pipeline == "keyframes" and cfg.sfm.fallback_sequential
+    rec = triangulate_stage(row, cfg)
+    assert rec["status"] == "ok", rec["error"]
+    assert not rec["obs_projected"].any()  # the sequential pipeline's observations
+    rec = finish_stage(DepthStage(cfg.depth)(rec), cfg)
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["scale"] == pytest.approx(true, rel=0.01)
+    assert np.isfinite(rec["frame_scale"]).sum() == 16
