@@ -144,16 +144,64 @@ def iter_frames(path: str | os.PathLike, indices: set[int] | None = None) -> Ite
                 yield i, _image(p, str(p))
         return
     try:
+        if indices is not None:
+            if not indices:
+                return
+            seeked = _seek_frames(path, indices)
+            if seeked is not None:
+                yield from seeked
+                return
         with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise VideoError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            stream = _video_stream(container, path)
+            last = None if indices is None else max(indices)
             for i, frame in enumerate(container.decode(stream)):
                 if indices is None or i in indices:
                     yield i, frame.to_ndarray(format="rgb24")
+                if last is not None and i >= last:
+                    break  # early stop: nothing wanted after this frame
     except (av.error.FFmpegError, OSError) as e:
         raise VideoError(f"{path}: unreadable video ({e.__class__.__name__}: {e})") from None
+
+
+def _video_stream(container, path: Path):
+    if not container.streams.video:
+        raise VideoError(f"{path}: no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return stream
+
+
+def _seek_frames(path: Path, indices: set[int]) -> list[tuple[int, np.ndarray]] | None:
+    """The wanted frames read by seeking to the keyframe at or before the first one and stopping after the last;
+    None when the stream's timing cannot prove which frame is which (no pts, variable or irregular frame rate,
+    a seek that lands past the first wanted frame): the caller then decodes from the start. The frame index is
+    the decode position from the start, recovered from pts as ``(pts - start) * time_base * average_rate``."""
+    first, last = min(indices), max(indices)
+    with av.open(str(path)) as container:
+        stream = _video_stream(container, path)
+        tb, rate = stream.time_base, stream.average_rate
+        if not tb or not rate or stream.start_time is None:
+            return None
+        # a constant-rate stream spans exactly frames / rate; anything else (VFR, gaps) decodes from the start
+        if stream.frames and stream.duration and abs(float(stream.duration * tb * rate) - stream.frames) > 0.5:
+            return None
+        start = stream.start_time
+        if first > 0:
+            container.seek(start + int(first / (rate * tb)), stream=stream, backward=True, any_frame=False)
+        out, prev = [], None
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                return None
+            pos = float((frame.pts - start) * tb * rate)
+            i = round(pos)
+            if abs(pos - i) > 0.1 or (prev is None and i > first) or (prev is not None and i != prev + 1):
+                return None
+            prev = i
+            if i in indices:
+                out.append((i, frame.to_ndarray(format="rgb24")))
+            if i >= last:
+                return out
+        return out  # the video ended before the last wanted frame: read_frames names the missing one
 
 
 def _iter_chunk(chunk: Path, key: str, indices: set[int] | None) -> Iterator[tuple[int, np.ndarray]]:

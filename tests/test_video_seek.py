@@ -1,0 +1,105 @@
+"""Reading only the wanted frames (seek to the keyframe before the first, stop after the last) returns exactly
+the frames of a full decode, for videos, frame folders and pixelSplat chunks."""
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from annotate.video import _seek_frames, read_frames
+
+N, GOP, H, W = 60, 12, 48, 64
+INDEX_SETS = [[0, 1, 2, 3], [10, 11, 12, 13, 14], [46, 47, 59], [3, 11, 19, 27, 35, 43, 51, 59],
+              [59], [30], [25, 5, 40]]
+
+
+def drawn(i: int) -> np.ndarray:
+    """A frame with its index drawn as 6 black/white bits (8x8 blocks) over a texture."""
+    rng = np.random.default_rng(i)
+    img = (rng.integers(0, 256, (H, W, 3)) // 4 + 96).astype(np.uint8)
+    for b in range(6):
+        img[:16, b * 10:b * 10 + 8] = 255 if (i >> b) & 1 else 0
+    return img
+
+
+def drawn_index(img: np.ndarray) -> int:
+    return sum(1 << b for b in range(6) if img[4:12, b * 10 + 2:b * 10 + 6].mean() > 128)
+
+
+def encode(path, pts=None) -> None:
+    with av.open(str(path), mode="w") as c:
+        s = c.add_stream("libx264", rate=30)  # default preset: B-frames, so decode order != packet order
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.options = {"crf": "18", "g": str(GOP), "keyint_min": str(GOP), "sc_threshold": "0"}
+        tb = Fraction(1, 30 if pts is None else 1000)
+        s.codec_context.time_base = tb
+        for i in range(N):
+            f = av.VideoFrame.from_ndarray(drawn(i), format="rgb24")
+            f.pts, f.time_base = (i if pts is None else pts[i]), tb
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("seek") / "clip.mp4"
+    encode(path)
+    return path
+
+
+def test_video_seek_equals_full_decode(video):
+    full = read_frames(video)
+    assert len(full) == N and [drawn_index(f) for f in full] == list(range(N))
+    with av.open(str(video)) as c:  # the keyframes are where the test needs them: GOP boundaries cross sets
+        keys = [i for i, f in enumerate(c.decode(video=0)) if f.key_frame]
+    assert keys == list(range(0, N, GOP))
+    for idx in INDEX_SETS:
+        assert _seek_frames(video, set(idx)) is not None  # the seek path, not the fallback
+        got = read_frames(video, idx)
+        assert np.array_equal(got, full[idx]), idx
+        assert [drawn_index(f) for f in got] == idx
+
+
+def test_irregular_pts_fall_back_to_decoding_from_start(tmp_path):
+    path = tmp_path / "vfr.mp4"
+    encode(path, pts=[round(i * 33.3) + (40 if i >= 30 else 0) for i in range(N)])  # a 40 ms gap at frame 30
+    full = read_frames(path)
+    assert [drawn_index(f) for f in full] == list(range(N))
+    for idx in ([40, 41, 50], [29, 30, 31], [5, 6]):
+        assert _seek_frames(path, set(idx)) is None  # timing cannot prove the index: decode from the start
+        assert np.array_equal(read_frames(path, idx), full[idx]), idx
+        assert [drawn_index(f) for f in read_frames(path, idx)] == idx
+
+
+def test_missing_frame_is_named(video):
+    from annotate.video import VideoError
+
+    with pytest.raises(VideoError, match="frame 60 requested"):
+        read_frames(video, [58, 59, 60])
+
+
+def test_folders_and_chunks_read_only_wanted_frames(tmp_path):
+    import io
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    blobs = []
+    for i in range(N):
+        Image.fromarray(drawn(i)).save(folder / f"{i}.png")
+        buf = io.BytesIO()
+        Image.fromarray(drawn(i)).save(buf, format="JPEG", quality=95)
+        blobs.append(torch.tensor(list(buf.getvalue()), dtype=torch.uint8))
+    torch.save([{"key": "clipA", "images": blobs}], tmp_path / "000000.torch")
+    (folder / "7.png").write_bytes(b"not an image")  # never decoded unless asked for
+    chunk = f"{tmp_path / '000000.torch'}#clipA"
+    full_chunk = read_frames(chunk)
+    for idx in ([0, 1, 2], [10, 11, 12, 13], [59], [3, 11, 19, 27, 35, 43, 51, 59]):
+        got = read_frames(folder, idx)
+        assert np.array_equal(got, np.stack([drawn(i) for i in idx]))
+        assert np.array_equal(read_frames(chunk, idx), full_chunk[idx])
+        assert [drawn_index(f) for f in read_frames(chunk, idx)] == idx
