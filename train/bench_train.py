@@ -2,7 +2,9 @@
 
     python -m train.bench_train --out bench/train.json [--config train/configs/tiny.yaml] [--steps 12] [key=value ...]
 
-Runs the trainer twice in fresh run folders: once encoding every batch with the VAE and CLIP towers, once from
+First the data loader alone (``loader_bench``): samples/s on one core from 200-frame 640x360 clips at
+256x256, decoding every frame (before issue 15) and seeking to the wanted ones. Then the trainer twice in fresh
+run folders: once encoding every batch with the VAE and CLIP towers, once from
 the encoder cache (``run.cache_dir``, precomputed before the timed steps). Validation and intermediate
 checkpoints are off; the first ``--warmup`` steps are not timed. Anchor for GPU runs of the 256 preset: the
 paper's 25 h for 50k steps at batch 64 on 8xH100 is ~4.4 samples/s per GPU (goal: 2x that).
@@ -53,16 +55,105 @@ def run_once(config: str, overrides: list[str], steps: int, warmup: int, cached:
     return out
 
 
+def _full_decode(path, indices: list[int]):
+    """The loader before issue 15: every frame of the video decoded, the wanted ones converted to RGB."""
+    import av
+    import numpy as np
+
+    want, got = set(indices), {}
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        s.thread_type = "AUTO"
+        for i, f in enumerate(c.decode(s)):
+            if i in want:
+                got[i] = f.to_ndarray(format="rgb24")
+    return np.stack([got[i] for i in indices])
+
+
+def _clip_video(path: Path, n: int, hw: tuple[int, int], gop: int, seed: int, crf: int = 23) -> None:
+    """A textured scene panning and zooming (so x264 codes real motion), uint8 [n, H, W, 3] at 30 fps."""
+    import numpy as np
+
+    from annotate.video import write_video
+
+    rng = np.random.default_rng(seed)
+    h, w = hw
+    tex = rng.integers(0, 256, (h // 8 + 64, w // 8 + 64, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+    yy, xx = np.mgrid[0:h, 0:w]
+    frames = np.empty((n, h, w, 3), np.uint8)
+    for t in range(n):
+        z = 1.0 - 0.002 * t
+        frames[t] = tex[(yy * z + t).astype(int) % tex.shape[0], (xx * z + 2 * t).astype(int) % tex.shape[1]]
+    write_video(path, frames, fps=30.0, crf=crf, gop=gop)
+
+
+def loader_bench(samples: int = 48, clips: int = 2, frames: int = 200, hw: tuple[int, int] = (360, 640),
+                 gop: int = 60, seed: int = 0, crf: int = 23) -> dict:
+    """The data loader alone (decode + resize/crop to 256x256, 16 frames, training strides 1-10) on one CPU
+    core: samples/s before (full decode of each video) and after (seek + early stop)."""
+    import os
+    import time
+
+    import numpy as np
+
+    from train.config import DataConfig
+    from train.data import CameraVideoDataset
+
+    with tempfile.TemporaryDirectory(prefix="realcam_bench_loader_") as tmp:
+        rows = []
+        for k in range(clips):
+            path = Path(tmp) / f"clip{k}.mp4"
+            _clip_video(path, frames, hw, gop, seed + k, crf)
+            rows.append({"clip_id": f"clip{k}", "video_path": str(path), "num_frames": frames, "fps": 30.0,
+                         "intrinsics": np.tile([0.5, 0.9, 0.5, 0.5], (frames, 1)),
+                         "w2c": np.tile(np.eye(4)[:3], (frames, 1, 1)), "frame_scale": np.ones(frames),
+                         "scale": 1.0})
+        ds = CameraVideoDataset(DataConfig(height=256, width=256, frames=16), clips=rows, seed=seed)
+        cores = os.sched_getaffinity(0)
+        threads = torch.get_num_threads()
+        os.sched_setaffinity(0, {min(cores)})  # one worker core: decoder threads and torch share it
+        torch.set_num_threads(1)
+        kbps = sum(Path(r["video_path"]).stat().st_size for r in rows) * 8 / 1000 / (clips * frames / 30.0)
+        out = {"clips": clips, "frames_per_clip": frames, "source_hw": list(hw), "gop": gop, "crf": crf,
+               "video_kbps": round(kbps), "out_hw": [256, 256],
+               "frames_per_sample": 16, "stride_range": list(ds.cfg.stride_range), "samples": samples}
+        try:
+            for name, reader in (("full_decode", _full_decode), ("seek", ds.read)):
+                ds.read = reader
+                ds[(0, 0)]  # warm-up
+                t0 = time.perf_counter()
+                for i in range(samples):
+                    assert ds[(1, i)]["video"].shape == (3, 16, 256, 256)
+                out[f"{name}_samples_per_s_per_core"] = samples / (time.perf_counter() - t0)
+        finally:
+            os.sched_setaffinity(0, cores)
+            torch.set_num_threads(threads)
+    out["speedup"] = out["seek_samples_per_s_per_core"] / out["full_decode_samples_per_s_per_core"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m train.bench_train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="bench/train.json")
     p.add_argument("--config", default="train/configs/tiny.yaml")
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--loader-samples", type=int, default=48, help="samples per loader measure (0 = skip it)")
+    p.add_argument("--loader-gop", type=int, default=60, help="keyframe interval of the loader's test clips")
+    p.add_argument("--loader-crf", type=int, default=23, help="x264 CRF of the loader's test clips (23: ~YouTube 360p)")
+    p.add_argument("--loader-only", action="store_true", help="only the loader measure, no training steps")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
     result = {"config": a.config, "overrides": a.overrides, "device": "cuda" if torch.cuda.is_available() else "cpu",
               "torch": torch.__version__, "paper_samples_per_s_per_gpu": PAPER_SAMPLES_PER_S_PER_GPU}
+    if a.loader_samples:
+        r = result["loader"] = loader_bench(a.loader_samples, gop=a.loader_gop, crf=a.loader_crf)
+        print(f"loader (200-frame 640x360 clips -> 16x256x256, one core): "
+              f"{r['full_decode_samples_per_s_per_core']:.2f} samples/s full decode, "
+              f"{r['seek_samples_per_s_per_core']:.2f} samples/s with seek ({r['speedup']:.1f}x; GOP {r['gop']}, {r['video_kbps']} kb/s)")
+    if a.loader_only:
+        print(f"wrote {write_json(a.out, result)}")
+        return result
     for cached in (False, True):
         with tempfile.TemporaryDirectory(prefix="realcam_bench_train_") as tmp:
             r = run_once(a.config, a.overrides, a.steps, a.warmup, cached, Path(tmp))
