@@ -125,7 +125,7 @@ def resize_center_crop(frames: np.ndarray, plan: ResizeCrop) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     x = F.interpolate(x, size=plan.resized_hw, mode="bilinear", align_corners=False, antialias=True)
     (h, w), t, l = plan.out_hw, plan.top, plan.left
-    return (x[:, :, t:t + h, l:l + w].float() / 127.5 - 1.0).transpose(0, 1).contiguous()
+    return x[:, :, t:t + h, l:l + w].transpose(0, 1).contiguous().float().div_(127.5).sub_(1.0)
 
 
 class CameraVideoDataset(Dataset):
