@@ -67,7 +67,7 @@ bench-gpu: $(STAMP) ## one GPU, < 8 min: depth images/s, 256 RealCam training st
 	$(PY) -m train.bench_gpu --out bench/gpu.json $(ARGS)
 
 bench-train: $(STAMP) ## trainer samples/s and peak memory, with and without cached latents -> bench/train.json
-	@[ -d $(OUT)/clips ] || $(MAKE) annotate
+	@[ -d $(OUT)/clips ] || $(MAKE) annotate ARGS=
 	$(PY) -m train.bench_train --out bench/train.json $(ARGS)
 
 bench-eval: $(STAMP) ## video-trials per CPU-hour of `eval run` and the full protocol's cost -> bench/eval.json
@@ -77,13 +77,13 @@ train: $(STAMP) ## RealCam-I2V 256 on 8xH100 (DeepSpeed ZeRO-1, fp16); CONFIG=..
 	$(VENV)/bin/accelerate launch --config_file train/configs/accelerate_8xh100.yaml -m train --config $(or $(CONFIG),train/configs/realcam_256_8xh100.yaml) $(ARGS)
 
 train-tiny: $(STAMP) ## tiny preset on the CPU over the sample annotations (runs `make annotate` if needed)
-	@[ -d $(OUT)/clips ] || $(MAKE) annotate
+	@[ -d $(OUT)/clips ] || $(MAKE) annotate ARGS=
 	$(PY) -m train --config train/configs/tiny.yaml data.annotation_dir=$(OUT) data.manifest=$(SAMPLE)/manifest.csv $(ARGS)
 
 EVAL_OUT ?= outputs/eval
 EVAL_TINY := $(findstring --tiny,$(ARGS))
 eval: $(STAMP) ## generate the test set, score it, Table 1 -> $(EVAL_OUT); ARGS="--tiny": end to end on the sample
-	@[ -z "$(EVAL_TINY)" ] || [ -n "$(ANNOTATIONS)" ] || [ -d $(OUT)/clips ] || $(MAKE) annotate
+	@[ -z "$(EVAL_TINY)" ] || [ -n "$(ANNOTATIONS)" ] || [ -d $(OUT)/clips ] || $(MAKE) annotate ARGS=
 	$(PY) -m eval generate --annotations $(or $(ANNOTATIONS),$(OUT)) \
 	  --manifest $(or $(MANIFEST),$(SAMPLE)/manifest.csv) --out $(EVAL_OUT)/exp $(ARGS)
 	# the tiny model's random videos rarely give a reconstruction: there a run without successes is no error
