@@ -265,11 +265,7 @@ def triangulate_keyframes(frames: np.ndarray, intrinsics: np.ndarray, w2c: np.nd
                     db.write_two_view_geometry(i + 1, j + 1, tvg)
             finally:
                 db.close()
-            opts = _triangulation_options(cfg)
-            out_dir = tmp / "sparse"
-            out_dir.mkdir()
-            rec = pycolmap.triangulate_points(rec, db_path, tmp, out_dir, clear_points=True, options=opts,
-                                              refine_intrinsics=False)
+            rec = _triangulate_fixed(rec, db_path, tmp, tmp, cfg)
             clock.stop("triangulate")
             clock.start()
             obs = _observations(rec, {n: int(k) for n, k in zip(names, keys)}, (sh, sw), (h, w),
@@ -346,6 +342,15 @@ def visible_ratios(frame: np.ndarray, ratios: np.ndarray, projected: np.ndarray,
 # ----------------------------------------------------------------------------------------- sequential
 
 
+def _triangulate_fixed(rec: pycolmap.Reconstruction, db_path: Path, image_dir: Path, tmp: Path,
+                       cfg: SfmConfig) -> pycolmap.Reconstruction:
+    """COLMAP's point_triangulator on ``rec`` (poses and intrinsics fixed) into ``tmp/sparse``."""
+    out_dir = tmp / "sparse"
+    out_dir.mkdir()
+    return pycolmap.triangulate_points(rec, db_path, image_dir, out_dir, clear_points=True,
+                                       options=_triangulation_options(cfg), refine_intrinsics=False)
+
+
 def _triangulation_options(cfg: SfmConfig) -> pycolmap.IncrementalPipelineOptions:
     opts = pycolmap.IncrementalPipelineOptions()
     opts.num_threads = cfg.num_threads
@@ -407,11 +412,7 @@ def triangulate_sequential(frames: np.ndarray, intrinsics: np.ndarray, w2c: np.n
 
             clock.start()
             rec = _reconstruction_from_database(db_path, names, intr_px, np.asarray(w2c, np.float64), single)
-            opts = _triangulation_options(cfg)
-            out_dir = tmp / "sparse"
-            out_dir.mkdir()
-            rec = pycolmap.triangulate_points(rec, db_path, img_dir, out_dir, clear_points=True, options=opts,
-                                              refine_intrinsics=False)
+            rec = _triangulate_fixed(rec, db_path, img_dir, tmp, cfg)
             clock.stop("triangulate")
             obs = _observations(rec, {n: i for i, n in enumerate(names)}, (sh, sw), (h, w), cfg.min_track_length)
             obs.keyframes = np.arange(nf)
