@@ -163,33 +163,12 @@ def camera_units(args, plugin) -> str:
     return "relative (file units)"
 
 
-def _read_depth(path: str, image_hw0: tuple[int, int], plan, model_hw) -> np.ndarray:
-    from PIL import Image
-
-    path = Path(path)
-    if path.suffix == ".npz":
-        with np.load(path) as z:
-            depth = z["depth"]
-    else:
-        depth = np.load(path)
-    depth = np.asarray(depth, np.float32)
-    if depth.ndim == 3:
-        depth = depth[0]
-    if depth.shape == tuple(model_hw):
-        return depth
-    if depth.shape != tuple(image_hw0):
-        raise SystemExit(f"--depth-file is {depth.shape}, expected the image size {image_hw0} or {tuple(model_hw)}")
-    (rh, rw), (h, w) = plan.resized_hw, plan.out_hw
-    d = np.asarray(Image.fromarray(depth, mode="F").resize((rw, rh), Image.Resampling.NEAREST))
-    return d[plan.top:plan.top + h, plan.left:plan.left + w]
-
-
 def main(argv: list[str] | None = None) -> dict:
     from annotate.re10k import read_camera_file
     from annotate.video import read_frames
     from train.inference.outputs import write_outputs
     from train.inference.pipeline import Pipeline, SampleOptions
-    from train.inference.scene import load_image, resize_crop, user_intrinsics
+    from train.inference.scene import load_image, read_depth_file, resize_crop, user_intrinsics
     from train.inference.trajectory import continuation_trajectory, load_trajectory
 
     args = build_parser().parse_args(argv)
@@ -246,7 +225,10 @@ def main(argv: list[str] | None = None) -> dict:
     depth = None
     predictor = None
     if args.depth_file:
-        depth = _read_depth(args.depth_file, image0.shape[:2], plan, hw)
+        try:
+            depth = read_depth_file(args.depth_file, image0.shape[:2], plan, hw)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
     else:
         from annotate.depth import DEFAULT_MODEL, DepthAnythingPredictor, DepthConfig
 

@@ -856,9 +856,9 @@ def main(argv: list[str] | None = None, started: Callable[[EditorServer], None] 
         image0 = load_image(args.image)
         image, plan = resize_crop(image0, (args.height, args.width))
         if args.depth_file:
-            from train.sample import _read_depth
+            from train.inference.scene import read_depth_file
 
-            depth = _read_depth(args.depth_file, image0.shape[:2], plan, (args.height, args.width))
+            depth = read_depth_file(args.depth_file, image0.shape[:2], plan, (args.height, args.width))
         else:
             from annotate.depth import DEFAULT_MODEL, DepthAnythingPredictor, DepthConfig
 

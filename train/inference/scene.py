@@ -35,6 +35,33 @@ def resize_crop(image: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray,
     return np.ascontiguousarray(image[plan.top:plan.top + h, plan.left:plan.left + w]), plan
 
 
+def read_depth_file(path, image_hw0: tuple[int, int], plan: ResizeCrop, model_hw: tuple[int, int]) -> np.ndarray:
+    """A metric depth map for an image (``.npy``, or ``.npz`` with a ``depth`` member; never unpickled), given at
+    the image's own size (then resized and cropped with the image's ``plan``, nearest) or at the model size."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                depth = z["depth"]
+        else:
+            depth = np.load(path, allow_pickle=False)
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable depth map ({e})") from None
+    depth = np.asarray(depth, np.float32)
+    if depth.ndim == 3:
+        depth = depth[0]
+    if depth.shape == tuple(model_hw):
+        return depth
+    if depth.shape != tuple(image_hw0):
+        raise ValueError(f"{path}: depth is {depth.shape}, expected the image size {tuple(image_hw0)} or "
+                         f"{tuple(model_hw)}")
+    (rh, rw), (h, w) = plan.resized_hw, plan.out_hw
+    d = np.asarray(Image.fromarray(depth, mode="F").resize((rw, rh), Image.Resampling.NEAREST))
+    return d[plan.top:plan.top + h, plan.left:plan.left + w]
+
+
 def user_intrinsics(plan: ResizeCrop) -> np.ndarray:
     """Reference rule for user images (§1.6): fx = fy = 0.5 * max(resized H, W), principal point at the centre
     of the crop. At 256x256 from a square image: f = 128, cx = cy = 128."""
