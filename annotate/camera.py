@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation, Slerp
 
 # ----------------------------------------------------------------------------------------- poses
 
@@ -30,10 +31,35 @@ def to_4x4(m: np.ndarray) -> np.ndarray:
     return out
 
 
+def make_pose(rot: np.ndarray, centre) -> np.ndarray:
+    """4x4 c2w from a camera-to-world rotation and the camera centre (world coordinates)."""
+    m = np.eye(4)
+    m[:3, :3], m[:3, 3] = rot, centre
+    return m
+
+
 def invert_rigid(m: np.ndarray) -> np.ndarray:
-    """Inverse of ``[R|t]`` poses. A true matrix inverse, not ``[R^T | -R^T t]``: dataset rotations are
-    orthonormal only to ~1e-8, and ``inv(c2w[k]) @ c2w[k]`` must be the identity exactly."""
-    return np.linalg.inv(to_4x4(m))
+    """Inverse of ``[R|t]`` poses in closed form, ``[R^T | -R^T t]`` (float64 ``[..., 4, 4]``).
+
+    Rotations of camera files are orthonormal only to their 9 decimals (~1e-9), so this differs from a full
+    matrix inverse by that much; :func:`relative_to` sets its reference frame to the identity exactly."""
+    m = to_4x4(m)
+    rot_t = np.swapaxes(m[..., :3, :3], -1, -2)
+    out = np.zeros_like(m)
+    out[..., :3, :3] = rot_t
+    out[..., :3, 3] = -(rot_t @ m[..., :3, 3:])[..., 0]
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def invert_rigid_torch(m: torch.Tensor) -> torch.Tensor:
+    """Torch twin of :func:`invert_rigid`: ``[..., 3|4, 4]`` -> ``[..., 4, 4]``, same dtype and device."""
+    rot_t = m[..., :3, :3].transpose(-1, -2)
+    out = torch.zeros(*m.shape[:-2], 4, 4, dtype=m.dtype, device=m.device)
+    out[..., :3, :3] = rot_t
+    out[..., :3, 3] = -(rot_t @ m[..., :3, 3:])[..., 0]
+    out[..., 3, 3] = 1
+    return out
 
 
 def w2c_to_c2w(w2c: np.ndarray) -> np.ndarray:
@@ -45,9 +71,11 @@ def c2w_to_w2c(c2w: np.ndarray) -> np.ndarray:
 
 
 def relative_to(c2w: np.ndarray, k: int = 0) -> np.ndarray:
-    """``inv(c2w[k]) @ c2w[i]`` for every i: frame k becomes the identity."""
+    """``inv(c2w[k]) @ c2w[i]`` for every i: frame k becomes the identity (exactly, see :func:`invert_rigid`)."""
     c2w = to_4x4(c2w)
-    return invert_rigid(c2w[k])[None] @ c2w
+    out = invert_rigid(c2w[k])[None] @ c2w
+    out[k] = np.eye(4)
+    return out
 
 
 def scale_translation(c2w: np.ndarray, scale: float | np.ndarray) -> np.ndarray:
@@ -58,7 +86,8 @@ def scale_translation(c2w: np.ndarray, scale: float | np.ndarray) -> np.ndarray:
 
 
 def metric_c2w(w2c: np.ndarray, scale: float, ref: int = 0) -> np.ndarray:
-    """Contract step 7: c2w relative to frame ``ref`` with translations in metres."""
+    """Absolute-scale cameras (the annotation contract's step 7): c2w relative to frame ``ref``, translations
+    in metres."""
     return scale_translation(relative_to(w2c_to_c2w(w2c), ref), scale)
 
 
@@ -75,9 +104,66 @@ def orthonormality_error(rot: np.ndarray) -> np.ndarray:
 
 
 def rotation_angle(r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
-    """Geodesic angle (radians) between rotations, ``acos((tr(R1^T R2) - 1) / 2)``."""
-    tr = np.einsum("...ji,...ji->...", np.asarray(r1, np.float64), np.asarray(r2, np.float64))
-    return np.arccos(np.clip((tr - 1.0) / 2.0, -1.0, 1.0))
+    """Geodesic angle (radians) of ``M = R1^T R2``, as ``atan2(|vee(M - M^T)| / 2, (tr M - 1) / 2)``.
+
+    Equal to ``acos((tr M - 1) / 2)`` for rotations, but well conditioned at 0 and pi, and exactly 0 for
+    identical inputs (``M`` is then exactly symmetric), where acos gives ~1e-4 for 9-decimal rotations."""
+    r1, r2 = np.asarray(r1, np.float64), np.asarray(r2, np.float64)
+    # Elementwise sum over k in one fixed order: m[i, j] and m[j, i] are the same sum when r1 == r2.
+    m = (r1[..., :, :, None] * r2[..., :, None, :]).sum(axis=-3)
+    vee = np.stack([m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1)
+    cos = (m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2] - 1.0) / 2.0
+    return np.arctan2(np.linalg.norm(vee, axis=-1) / 2.0, cos)
+
+
+def rot_x(a: float) -> np.ndarray:
+    """Rotation by ``a`` radians about camera x (right); positive turns the optical axis towards -y (up)."""
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]], np.float64)
+
+
+def rot_y(a: float) -> np.ndarray:
+    """Rotation by ``a`` radians about camera y (down); positive turns the optical axis towards +x (right)."""
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]], np.float64)
+
+
+def look_at(position, target, up=(0.0, -1.0, 0.0)) -> np.ndarray:
+    """4x4 c2w at ``position`` whose optical axis (camera z) points at ``target`` and whose camera y (down)
+    points as far from ``up`` as possible (default: world -y is up, as for the cameras: x right, y down)."""
+    position, target = np.asarray(position, np.float64), np.asarray(target, np.float64)
+    z = target - position
+    n = np.linalg.norm(z)
+    if n < 1e-12:
+        raise ValueError("look_at: position and target coincide")
+    z /= n
+    down = -np.asarray(up, np.float64)
+    x = np.cross(down, z)
+    if np.linalg.norm(x) < 1e-9:
+        raise ValueError("look_at: viewing direction is parallel to `up`")
+    x /= np.linalg.norm(x)
+    return make_pose(np.stack([x, np.cross(z, x), z], axis=1), position)
+
+
+def skew(t: np.ndarray) -> np.ndarray:
+    """``[t]_x`` with ``[t]_x v = t x v``: ``[..., 3]`` -> ``[..., 3, 3]``."""
+    t = np.asarray(t, np.float64)
+    z = np.zeros_like(t[..., 0])
+    return np.stack([
+        np.stack([z, -t[..., 2], t[..., 1]], -1),
+        np.stack([t[..., 2], z, -t[..., 0]], -1),
+        np.stack([-t[..., 1], t[..., 0], z], -1),
+    ], -2)
+
+
+def skew_torch(t: torch.Tensor) -> torch.Tensor:
+    """Torch twin of :func:`skew`."""
+    z = torch.zeros_like(t[..., 0])
+    return torch.stack([
+        torch.stack([z, -t[..., 2], t[..., 1]], -1),
+        torch.stack([t[..., 2], z, -t[..., 0]], -1),
+        torch.stack([-t[..., 1], t[..., 0], z], -1),
+    ], -2)
 
 
 # ----------------------------------------------------------------------------------------- intrinsics
@@ -102,12 +188,52 @@ def intrinsics_matrix(intr_px: np.ndarray) -> np.ndarray:
     return k
 
 
+def intrinsics_matrix_torch(intr_px: torch.Tensor) -> torch.Tensor:
+    """Torch twin of :func:`intrinsics_matrix` (same dtype and device)."""
+    k = torch.zeros(*intr_px.shape[:-1], 3, 3, dtype=intr_px.dtype, device=intr_px.device)
+    k[..., 0, 0], k[..., 1, 1] = intr_px[..., 0], intr_px[..., 1]
+    k[..., 0, 2], k[..., 1, 2] = intr_px[..., 2], intr_px[..., 3]
+    k[..., 2, 2] = 1
+    return k
+
+
+def pixel_centres(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(u, v)`` ``[H, W]`` float64 coordinates of every pixel centre (COLMAP: pixel (0, 0) at (0.5, 0.5))."""
+    v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
+    return u, v
+
+
+def unproject(u: np.ndarray, v: np.ndarray, z, intr_px) -> np.ndarray:
+    """Camera-frame points ``[..., 3]`` at z-depth ``z`` seen at pixel positions ``(u, v)``; ``z = 1`` gives the
+    ray directions with unit z."""
+    fx, fy, cx, cy = np.asarray(intr_px, np.float64)
+    z = np.broadcast_to(np.asarray(z, np.float64), np.broadcast_shapes(np.shape(u), np.shape(z)))
+    return np.stack([(u - cx) / fx * z, (v - cy) / fy * z, z], axis=-1)
+
+
+def backproject(depth: np.ndarray, intr_px) -> np.ndarray:
+    """Metric z-depth ``[H, W]`` -> camera-frame points ``[H, W, 3]`` through the pixel centres."""
+    return unproject(*pixel_centres(*depth.shape), depth, intr_px)
+
+
+def project(points: np.ndarray, intr_px) -> tuple[np.ndarray, np.ndarray]:
+    """Camera-frame points ``[..., 3]`` -> pixel positions ``[..., 2]`` (COLMAP pixel centres) and their z.
+    Points at z <= 0 give meaningless (or non-finite) positions: filter on z."""
+    fx, fy, cx, cy = np.asarray(intr_px, np.float64)
+    p = np.asarray(points, np.float64)
+    z = p[..., 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = np.stack([fx * p[..., 0] / z + cx, fy * p[..., 1] / z + cy], axis=-1)
+    return uv, z
+
+
 @dataclass(frozen=True)
 class ResizeCrop:
     """Resize keeping the aspect ratio so the image covers (height, width), then centre-crop.
 
-    RealCam-I2V's loaders (reference §1.6): fx, fy scale with the *resized* size, cx, cy with the
-    *crop* size (not shifted by the crop offset), which for cx = cy = 0.5 is the centre.
+    As RealCam-I2V's loaders (``_resize_for_rectangle_crop`` in the authors' ``realestate10k.py``): fx, fy
+    scale with the *resized* size, cx, cy with the *crop* size (not shifted by the crop offset), which for
+    cx = cy = 0.5 is the centre.
     """
 
     resized_hw: tuple[int, int]
@@ -155,63 +281,34 @@ def plucker_embedding(c2w: torch.Tensor, intr_px: torch.Tensor, height: int, wid
 
 
 # ----------------------------------------------------------------------------------------- interpolation
+# Quaternions are (w, x, y, z) with w >= 0 here; scipy's Rotation is (x, y, z, w).
 
 
 def rotmat_to_quat(rot: np.ndarray) -> np.ndarray:
     """Rotation matrices ``[..., 3, 3]`` -> unit quaternions ``[..., 4]`` (w, x, y, z), w >= 0."""
     rot = np.asarray(rot, np.float64)
-    flat = rot.reshape(-1, 3, 3)
-    q = np.empty((len(flat), 4))
-    for n, m in enumerate(flat):
-        tr = np.trace(m)
-        # Branch on the largest diagonal term for numerical stability.
-        if tr > 0:
-            s = 2.0 * np.sqrt(tr + 1.0)
-            q[n] = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
-        else:
-            i = int(np.argmax(np.diag(m)))
-            j, k = (i + 1) % 3, (i + 2) % 3
-            s = 2.0 * np.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k])
-            q[n, 0] = (m[k, j] - m[j, k]) / s
-            q[n, 1 + i] = 0.25 * s
-            q[n, 1 + j] = (m[j, i] + m[i, j]) / s
-            q[n, 1 + k] = (m[k, i] + m[i, k]) / s
-    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    q = Rotation.from_matrix(rot.reshape(-1, 3, 3)).as_quat()[:, [3, 0, 1, 2]]
     q[q[:, 0] < 0] *= -1
     return q.reshape(rot.shape[:-2] + (4,))
 
 
 def quat_to_rotmat(q: np.ndarray) -> np.ndarray:
+    """Quaternions ``[..., 4]`` (w, x, y, z; normalised here) -> rotation matrices ``[..., 3, 3]``."""
     q = np.asarray(q, np.float64)
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    w, x, y, z = np.moveaxis(q, -1, 0)
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-        np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-        np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-    ], -2)
+    rot = Rotation.from_quat(q.reshape(-1, 4)[:, [1, 2, 3, 0]]).as_matrix()
+    return rot.reshape(q.shape[:-1] + (3, 3))
 
 
-def slerp(q0: np.ndarray, q1: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Spherical linear interpolation along the shorter arc; ``t`` broadcasts against the quaternions."""
-    q0, q1 = np.asarray(q0, np.float64), np.asarray(q1, np.float64)
-    t = np.asarray(t, np.float64)[..., None]
-    dot = np.sum(q0 * q1, axis=-1, keepdims=True)
-    q1 = np.where(dot < 0, -q1, q1)
-    dot = np.abs(dot)
-    theta = np.arccos(np.clip(dot, -1.0, 1.0))
-    sin = np.sin(theta)
-    small = sin < 1e-9
-    safe = np.where(small, 1.0, sin)
-    a = np.where(small, 1.0 - t, np.sin((1.0 - t) * theta) / safe)
-    b = np.where(small, t, np.sin(t * theta) / safe)
-    q = a * q0 + b * q1
-    return q / np.linalg.norm(q, axis=-1, keepdims=True)
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random rotation (a normalised 4D Gaussian, as scipy's ``Rotation.random``), drawn as
+    (w, x, y, z): the same four draws give the same rotation as the synthetic clips have always had."""
+    return quat_to_rotmat(rng.normal(size=4))
 
 
 def ease_in_out(t: np.ndarray, a: float = 0.5, b: float = 0.5) -> np.ndarray:
-    """Time warp by the cubic Bezier with control points (0,0), (a,0), (b,1), (1,1) (as the reference's
-    ``camera_pose_lerp_bezier``), solved for the curve parameter by bisection (monotone for a, b in [0,1])."""
+    """Time warp by the cubic Bezier with control points (0,0), (a,0), (b,1), (1,1) (as the authors'
+    ``camera_pose_lerp_bezier``, ``CameraControl/data/utils.py``), solved for the curve parameter by bisection
+    (monotone for a, b in [0,1])."""
     t = np.asarray(t, np.float64)
     lo, hi = np.zeros_like(t), np.ones_like(t)
 
@@ -237,8 +334,8 @@ def interpolate_poses(
 
     ``key_c2w`` ``[K, 4, 4]`` at ``key_times`` (default evenly spaced in [0, 1]); returns ``num_frames``
     c2w poses at evenly spaced times in [0, 1], optionally warped by :func:`ease_in_out`. Unlike the
-    reference's element-wise matrix lerp, every output rotation is orthonormal and turns at constant
-    angular speed between keyframes.
+    authors' element-wise matrix lerp (``camera_pose_lerp``), every output rotation is orthonormal and turns
+    at constant angular speed between keyframes.
     """
     key = to_4x4(key_c2w)
     k = len(key)
@@ -255,9 +352,9 @@ def interpolate_poses(
         t = times[0] + ease_in_out(u, *ease_ab) * (times[-1] - times[0])
     seg = np.clip(np.searchsorted(times, t, side="right") - 1, 0, k - 2)
     local = (t - times[seg]) / (times[seg + 1] - times[seg])
-    quats = rotmat_to_quat(key[:, :3, :3])
     out = np.tile(np.eye(4), (num_frames, 1, 1))
-    out[:, :3, :3] = quat_to_rotmat(slerp(quats[seg], quats[seg + 1], local))
+    # scipy's Slerp: per segment the shorter arc at constant angular speed (as slerp of unit quaternions).
+    out[:, :3, :3] = Slerp(times, Rotation.from_matrix(key[:, :3, :3]))(np.clip(t, times[0], times[-1])).as_matrix()
     centres = key[:, :3, 3]
     out[:, :3, 3] = (1 - local)[:, None] * centres[seg] + local[:, None] * centres[seg + 1]
     # Hit keyframes exactly (slerp round-trips through quaternions, off by ~1e-16).
