@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import logging
 import os
 import sys
 import time
@@ -30,10 +29,11 @@ import numpy as np
 
 from annotate.files import atomic_write_text
 from annotate.index import camera_dirs
+from annotate.log import get_logger, progress_bar, setup_logging
 from annotate.re10k import CameraFileError, read_camera_file, youtube_id
 from annotate.video import write_video
 
-log = logging.getLogger("realcam")
+log = get_logger()
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov")
 LOG_COLUMNS = ("split", "clip_id", "youtube_id", "status", "frames", "max_error_us", "reason", "seconds")
@@ -259,11 +259,8 @@ def extract(root: str | os.PathLike, cfg: ExtractConfig | None = None, progress:
     for r in bad:
         rows[f"{r['split']}/{r['clip_id']}"] = r
     workers = max(1, min(cfg.workers or os.cpu_count() or 1, len(per_video) or 1))
-    from rich.progress import Progress
-
     last_write = time.perf_counter()
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("cutting videos", total=len(per_video))
+    with progress_bar("cutting videos", len(per_video), enabled=progress) as bar:
         with ProcessPoolExecutor(workers) as pool:
             futs = {pool.submit(cut_video, v, jobs, cfg): (v, jobs) for v, jobs in per_video.items()}
             for fut in as_completed(futs):
@@ -281,7 +278,7 @@ def extract(root: str | os.PathLike, cfg: ExtractConfig | None = None, progress:
                         res.max_error_us = max(res.max_error_us, float(r["max_error_us"]))
                     else:
                         res.failed += 1
-                bar.advance(task)
+                bar.advance()
                 if time.perf_counter() - last_write > 30:  # a killed run keeps most of its log
                     write_log(log_path, rows)
                     last_write = time.perf_counter()
@@ -301,8 +298,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from annotate.job import setup_logging
-
     setup_logging(args.verbose)
     cfg = ExtractConfig(height=args.height, workers=args.workers, crf=args.crf)
     try:

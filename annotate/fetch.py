@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import logging
 import os
 import sys
 import threading
@@ -28,9 +27,10 @@ from pathlib import Path
 from annotate.extract import VIDEO_SUFFIXES, find_video
 from annotate.files import atomic_write_text
 from annotate.index import camera_dirs, first_line
+from annotate.log import get_logger, progress_bar, setup_logging
 from annotate.re10k import youtube_id
 
-log = logging.getLogger("realcam")
+log = get_logger()
 
 LOG_COLUMNS = ("youtube_id", "status", "attempts", "bytes", "file", "reason", "seconds", "clips")
 GONE = ("video unavailable", "this video is unavailable", "has been removed", "http error 404", "http error 410",
@@ -180,11 +180,8 @@ def fetch(root: str | os.PathLike, cfg: FetchConfig | None = None, progress: boo
             rows[yt]["clips"] = n
     counts = {"ok": 0, "unavailable": 0, "private": 0, "error": 0}
     lock = threading.Lock()
-    from rich.progress import Progress
-
     last = time.perf_counter()
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("downloading videos", total=len(todo))
+    with progress_bar("downloading videos", len(todo), enabled=progress) as bar:
         with ThreadPoolExecutor(cfg.workers) as pool:  # bounded concurrency: at most `workers` downloads
             futs = {pool.submit(download_one, yt, videos, cfg): yt for yt in todo}
             for fut in as_completed(futs):
@@ -193,7 +190,7 @@ def fetch(root: str | os.PathLike, cfg: FetchConfig | None = None, progress: boo
                 with lock:
                     rows[r["youtube_id"]] = r
                     counts[r["status"]] += 1
-                bar.advance(task)
+                bar.advance()
                 if time.perf_counter() - last > 30:
                     write_log(log_path, rows)
                     last = time.perf_counter()
@@ -215,8 +212,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from annotate.job import setup_logging
-
     setup_logging(args.verbose)
     cfg = FetchConfig(max_height=args.max_height, min_height=args.min_height, workers=args.workers,
                       retries=args.retries, backoff_s=args.backoff, url_template=args.url_template,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import sys
@@ -26,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from annotate.camera import c2w_to_w2c
+from annotate.log import get_logger
 from annotate.manifest import SAFE_ID
 from annotate.re10k import CameraTrajectory, write_camera_file
 from annotate.video import natural_key
 
-log = logging.getLogger("realcam")
+log = get_logger()
 
 OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])  # flips y and z of the camera axes
 PINHOLE_MODELS = {"SIMPLE_PINHOLE", "PINHOLE"}

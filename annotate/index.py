@@ -19,18 +19,18 @@ Paths in the manifest are relative to its folder.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from annotate.layouts import CHUNK_SUFFIX, iter_chunk_clips, match_frame_folder
+from annotate.log import get_logger, setup_logging
 from annotate.manifest import write_manifest
 from annotate.re10k import write_camera_file, youtube_id
 from annotate.video import IMAGE_SUFFIXES
 
-log = logging.getLogger("realcam")
+log = get_logger()
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 NOT_SPLITS = {"video_clips", "videos", "frames", "depth", "RealEstate10K"}
@@ -198,8 +198,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from annotate.job import setup_logging
-
     setup_logging(args.verbose)
     try:
         index(args.root, args.out_manifest, cfg=IndexConfig(min_frame_fraction=args.min_frame_fraction))

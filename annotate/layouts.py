@@ -14,18 +14,18 @@
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from annotate.files import atomic_path
+from annotate.log import get_logger
 from annotate.re10k import CameraFileError, CameraTrajectory, read_camera_file, write_camera_file
 from annotate.video import FRAME_LIST_SUFFIX, VideoError, list_images, load_chunk, write_frame_list
 
-log = logging.getLogger("realcam")
+log = get_logger()
 
 CHUNK_SUFFIX = ".torch"
 
@@ -145,7 +145,6 @@ def subset_depth(depth: Path, have: np.ndarray, out: Path) -> Path | None:
         log.warning("%s: %d depth maps for %d camera lines; the clip will use the depth model",
                     depth, len(maps), len(have))
         return None
-    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}.npz")
-    np.savez_compressed(tmp, depth=maps[have])
-    os.replace(tmp, out)
+    with atomic_path(out, keep_suffix=True) as tmp:  # keeps .npz: np.savez_compressed would append one
+        np.savez_compressed(tmp, depth=maps[have])
     return out

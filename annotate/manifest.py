@@ -15,7 +15,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from annotate.files import atomic_write_text
+from annotate.files import atomic_path, atomic_write_text
 
 REQUIRED = ("clip_id", "split", "pose_path", "video_path")
 OPTIONAL = ("depth_path", "depth_unit")
@@ -150,7 +150,5 @@ def write_manifest(rows: list[dict], path: str | os.PathLike, columns: tuple[str
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pq.write_table(pa.table({c: pa.array([str(r.get(c, "")) for r in rows], pa.string()) for c in columns}), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.table({c: pa.array([str(r.get(c, "")) for r in rows], pa.string()) for c in columns}), tmp)

@@ -1,7 +1,8 @@
 """The annotation folder of the contract: Parquet shards, the quantile filter, RealCam-I2V exports, manifest.json.
 
-Crash safety: every file is written to a temp file in ``OUT`` (named ``.tmp-*``, never ``*.parquet``) and
-renamed into place, so a killed job leaves only complete shards (plus temp files the next run removes).
+Crash safety: every file is written through :mod:`annotate.files` (a ``.tmp-*`` file beside it, never
+``*.parquet``, renamed into place), so a killed job leaves only complete shards (plus temp files the next run
+removes).
 Damage after the fact (a truncated copy, a bad disk) is caught on start: :func:`damaged_shards` checks each
 shard against the sha256 in manifest.json and, where it differs or is unrecorded, that it parses (shards carry
 Parquet page checksums); ``run`` moves a damaged shard to ``OUT/quarantine/`` and processes its clips again.
@@ -14,7 +15,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import logging
 import os
 import re
 from collections import Counter
@@ -25,13 +25,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-log = logging.getLogger("realcam")
+from annotate import files
+from annotate.log import get_logger
+
+log = get_logger()
 
 CLIPS_DIR = "clips"
 EXPORT_DIR = "export"
 QUARANTINE_DIR = "quarantine"
 MANIFEST_JSON = "manifest.json"
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = files.TMP_PREFIX
 SHARD_RE = re.compile(r"^part-(\d{5,})\.parquet$")
 PENDING = "pending filter"  # filter_reason of ok rows until finalize() has run
 
@@ -97,26 +100,10 @@ SCHEMA = pa.schema([f.with_metadata({"unit": _FIELD_DOC[f.name][0], "description
 # ------------------------------------------------------------------------------------------------ files
 
 
-def atomic_write_bytes(out: Path, dest: Path, write) -> None:
-    """``write(tmp_path)`` into ``OUT/.tmp-<name>.<pid>`` then rename over ``dest`` (same file system)."""
-    tmp = Path(out) / f"{TMP_PREFIX}{dest.name}.{os.getpid()}"
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def clean_temp(out: str | os.PathLike) -> int:
     """Remove temp files a killed run left behind (call only while holding the folder's lock)."""
-    n = 0
-    for p in Path(out).glob(f"{TMP_PREFIX}*"):
-        p.unlink(missing_ok=True)
-        n += 1
-    return n
+    out = Path(out)
+    return sum(files.clean_temp(d) for d in (out, out / CLIPS_DIR, out / EXPORT_DIR) if d.is_dir())
 
 
 def list_shards(out: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -139,8 +126,8 @@ def write_shard(out: Path, index: int, table: pa.Table) -> Path:
     dest = Path(out) / CLIPS_DIR / f"part-{index:05d}.parquet"
     dest.parent.mkdir(parents=True, exist_ok=True)
     # page checksums: a flipped byte inside a shard fails the start-up check instead of reading as a value
-    atomic_write_bytes(out, dest, lambda tmp: pq.write_table(table.cast(SCHEMA), tmp, compression="zstd",
-                                                             write_page_checksum=True))
+    with files.atomic_path(dest) as tmp:
+        pq.write_table(table.cast(SCHEMA), tmp, compression="zstd", write_page_checksum=True)
     return dest
 
 
@@ -259,8 +246,6 @@ class ShardWriter:
         shards = list_shards(out)
         self.next_index = shards[-1][0] + 1 if shards else 0
         self.buffer: list[dict] = []
-        self.written: list[Path] = []
-        self.rows_written = 0
 
     def add(self, row: dict) -> None:
         self.buffer.append(row)
@@ -273,8 +258,6 @@ class ShardWriter:
             path = write_shard(self.out, self.next_index, rows_to_table(chunk))
             log.info("wrote %s (%d rows)", path, len(chunk))
             self.next_index += 1
-            self.written.append(path)
-            self.rows_written += len(chunk)
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -436,19 +419,13 @@ def write_exports(out: Path, splits: dict, scales: dict, kept: dict) -> None:
     exp.mkdir(parents=True, exist_ok=True)
     for split in splits:
         d = {k: scales.get(split, {})[k] for k in sorted(scales.get(split, {}))}
-        atomic_write_bytes(out, exp / f"{split}_per_frame_scale.npz",
-                           lambda tmp, d=d: _savez_dict(tmp, d))
-        text = "".join(f"{c}\n" for c in sorted(kept.get(split, [])))
-        atomic_write_bytes(out, exp / f"{split}_valid_list.txt", lambda tmp, text=text: tmp.write_text(text))
+        with files.atomic_path(exp / f"{split}_per_frame_scale.npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, d)  # a file object: np.savez would append '.npz' to a path
+        files.atomic_write_text(exp / f"{split}_valid_list.txt", "".join(f"{c}\n" for c in sorted(kept.get(split, []))))
     for p in exp.iterdir():  # files of splits that no longer have rows
         m = re.match(r"^(.*)_(per_frame_scale\.npz|valid_list\.txt)$", p.name)
         if m and m.group(1) not in splits:
             p.unlink()
-
-
-def _savez_dict(tmp: Path, d: dict) -> None:
-    with open(tmp, "wb") as f:  # a file object: np.savez would append '.npz' to a path
-        np.savez(f, d)
 
 
 def _now() -> str:
@@ -480,14 +457,6 @@ def write_manifest_json(out: Path, s: Summary, meta: dict, run: dict | None) -> 
                            "valid_list": f"{EXPORT_DIR}/{sp}_valid_list.txt"} for sp in sorted(s.by_split)},
           "export_filled_frames": s.export_filled_frames,
           "runs": runs}
-    text = json.dumps(mj, indent=1, allow_nan=False, default=_json_default)
-    atomic_write_bytes(out, out / MANIFEST_JSON, lambda tmp: tmp.write_text(text + "\n"))
+    files.write_json(out / MANIFEST_JSON, mj, allow_nan=False)
     return mj
 
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -6,7 +6,7 @@ tokens of the condition frame (before the frozen Resampler) and the caption's te
 deterministic in (seed, epoch, index), ``run.cache_epochs = E`` precomputes exactly the samples of the first E
 epochs before training; later misses are computed and stored on the fly. The posterior is sampled at training time
 (``mean + std * noise`` from the step's generator), so cached and uncached runs give the same losses up to the
-cache's float16 rounding. Files are written atomically (temp name, then rename) so ranks can share a folder.
+cache's float16 rounding. Files are written atomically (:func:`annotate.files.atomic_path`) so ranks can share a folder.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from annotate.files import atomic_path
 
 
 def sample_key(model_name: str, clip_id: str, frame_indices, hw: tuple[int, int], cond: int, caption: str) -> str:
@@ -43,8 +45,5 @@ class EncoderCache:
         return load_file(str(p))
 
     def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
-        p = self.path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".tmp-{p.name}.{os.getpid()}")
-        save_file({k: v.detach().to("cpu", torch.float16).contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, p)
+        with atomic_path(self.path(key)) as tmp:  # per-process temp names: ranks can share the folder
+            save_file({k: v.detach().to("cpu", torch.float16).contiguous() for k, v in tensors.items()}, str(tmp))
