@@ -6,8 +6,15 @@ and lists the valid keys closest to it.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
+import inspect
+import io
+import re
+import sys
+import textwrap
+import tokenize
 import types
 import typing
 from pathlib import Path
@@ -56,6 +63,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if origin is typing.Literal:  # fixed choices; "no" stays a string (YAML 1.1 would read false)
+        if value in args:
+            return value
+        if isinstance(value, str) and not any(isinstance(a, str) for a in args):
+            parsed = yaml.safe_load(value) if value.strip() else None
+            if parsed in args:
+                return parsed
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, args))}; got {value!r}")
     if isinstance(value, str) and tp is not str and str not in args:
         value = yaml.safe_load(value) if value.strip() else None
     if origin in (typing.Union, types.UnionType):
@@ -179,3 +194,140 @@ def to_dict(cfg: Any) -> dict:
 
 def dump_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# ------------------------------------------------------------------------------------------------ command line
+# Each config-driven command builds its --help from the dataclass: every dotted key with its type, default,
+# choices (a ``Literal`` type) and help text. The help text has ONE source: the comment on the field's line
+# in the dataclass's source (or, when that line has none, the comment lines directly above the field).
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description/epilog layout and adds "(default: ...)" to every option."""
+
+
+def _source_comments(cls: type) -> dict[str, str]:
+    """Field name -> its comment in the class source ({} when the source is not available)."""
+    try:
+        lines, _ = inspect.getsourcelines(cls)
+    except (OSError, TypeError):
+        return {}
+    src = "".join(lines)
+    comments: dict[int, str] = {}  # line (0-based) -> comment text
+    trailing: set[int] = set()
+    code_lines: set[int] = set()
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+            row = tok.start[0] - 1
+            if tok.type == tokenize.COMMENT:
+                comments[row] = tok.string.lstrip("#").strip()
+                if row in code_lines:
+                    trailing.add(row)
+            elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+                code_lines.add(row)
+    except (tokenize.TokenError, SyntaxError):
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, str] = {}
+    body_indent = None
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s+)(\w+)\s*:", line)
+        if not m or m.group(2) not in names or m.group(2) in out:
+            continue
+        body_indent = body_indent or m.group(1)
+        if m.group(1) != body_indent:
+            continue
+        if i in trailing:
+            out[m.group(2)] = comments[i]
+            continue
+        above, j = [], i - 1
+        while j >= 0 and j in comments and j not in code_lines:
+            above.insert(0, comments[j])
+            j -= 1
+        if above:
+            out[m.group(2)] = " ".join(above)
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "None"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return "choice"
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _choices(tp: Any) -> tuple | None:
+    if typing.get_origin(tp) is typing.Literal:
+        return typing.get_args(tp)
+    for a in typing.get_args(tp):
+        if typing.get_origin(a) is typing.Literal:
+            return typing.get_args(a)
+    return None
+
+
+@dataclasses.dataclass
+class KeyDoc:
+    key: str
+    type: str
+    default: Any
+    help: str
+    choices: tuple | None
+
+
+def describe(obj: Any, prefix: str = "") -> list[KeyDoc]:
+    """Every dotted leaf key of a config instance with its type, current value, help text and choices."""
+    cls = type(obj)
+    hints = typing.get_type_hints(cls, include_extras=False)
+    notes = _source_comments(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        value = getattr(obj, f.name)
+        sub = _dataclass_type(hints[f.name])
+        if sub is not None:
+            out += describe(value if value is not None else sub(), f"{prefix}{f.name}.")
+        else:
+            out.append(KeyDoc(prefix + f.name, _type_name(hints[f.name]), value, notes.get(f.name, ""),
+                              _choices(hints[f.name])))
+    return out
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        value = list(value)
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text[:-4].strip() if text.endswith("\n...") or text.endswith(" ...") else text.removesuffix("...")
+
+
+def keys_help(obj: Any, title: str = "config keys") -> str:
+    """The --help section listing every key: ``key (type, default X; choices ...)`` and its help text."""
+    lines = [f"{title}; override any with key=value (values are YAML):"]
+    for d in describe(obj):
+        extra = f"; choices: {', '.join(map(str, d.choices))}" if d.choices else ""
+        lines.append(f"  {d.key} ({d.type}, default: {_show(d.default)}{extra})")
+        if d.help:
+            lines += [f"      {t}" for t in textwrap.wrap(d.help, 96)]
+    return "\n".join(lines)
+
+
+def add_config_arguments(p: argparse.ArgumentParser, cls: type, config_help: str,
+                         defaults: Any = None) -> None:
+    """``--config``, ``--print-config`` and the ``key=value`` overrides, with every key in the epilog."""
+    p.formatter_class = HelpFormatter
+    p.add_argument("--config", default=None, help=config_help)
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (defaults, preset, overrides) as YAML and exit")
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                   help="config overrides (see the keys below), e.g. a.b=1%(default).0s")
+    p.epilog = keys_help(defaults if defaults is not None else cls(),
+                         "config keys with their defaults before a preset (--print-config shows the resolved values)")
+
+
+def print_config(cfg: Any, stream: typing.TextIO | None = None) -> None:
+    """The resolved config as YAML (loadable as a preset: ``--config`` of the printed file gives ``cfg``)."""
+    (stream or sys.stdout).write(dump_yaml(cfg))

@@ -1,7 +1,9 @@
 """``python -m train --config train/configs/tiny.yaml [key=value ...]`` (or under ``accelerate launch -m train``).
 
 Rerunning with the same ``run.output_dir`` resumes from its newest complete checkpoint; ``resume=none`` starts
-afresh (refusing a non-empty folder unless ``overwrite=true``). See train/training-contract.md.
+afresh (refusing a non-empty folder unless ``overwrite=true``). See train/training-contract.md. Before anything
+starts or is written a preflight checks every input path, the checkpoint format and the launch, and lists every
+problem with its fix (exit code 2); ``--check`` (``make check-assets``) runs only that.
 """
 
 from __future__ import annotations
@@ -9,15 +11,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from annotate.config import ConfigError
+from annotate.config import ConfigError, add_config_arguments, print_config
+from annotate.preflight import PreflightError, report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import TrainConfig
+
+    p = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    add_config_arguments(p, TrainConfig, "trainer preset (train/configs/*.yaml) or a run's config.yaml")
+    p.add_argument("--check", action="store_true",
+                   help="run the preflight only (inputs, checkpoint, launch) and exit: 0 when all is in place")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="trainer preset (train/configs/*.yaml) or a run's config.yaml")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=5e-5 run.max_steps=200")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     from .config import load_train_config
 
     try:
@@ -25,6 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.print_config:
+        print_config(cfg)
+        return 0
+    from .preflight import check_train
+
+    try:
+        check_train(cfg, args.config, args.overrides).raise_if_any()
+    except PreflightError as e:
+        return report(e)
+    if args.check:
+        print(f"preflight passed: every input of {args.config or 'the default config'} is in place")
+        return 0
     from .trainer import TrainingError, train
 
     try:

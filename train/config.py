@@ -7,11 +7,14 @@ The backbone's own config lives in ``train/dynamicrafter/config.py``; ``model.pr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from annotate.config import ConfigError, apply_overrides, from_dict, read_yaml
 
-SCALE_SOURCES = ("condition_frame", "clip", "relative")
-CAMERA_KINDS = ("realcam", "cami2v", "cameractrl", "motionctrl")
+ScaleSource = Literal["auto", "condition_frame", "clip", "relative"]
+CameraKind = Literal["realcam", "cami2v", "cameractrl", "motionctrl"]
+SCALE_SOURCES = get_args(ScaleSource)[1:]
+CAMERA_KINDS = get_args(CameraKind)
 # The paper's setting per plug-in (Tables 1 and 3): the baselines train on relative RealEstate10K cameras,
 # RealCam-I2V on metric ones (scale of the condition frame). data.scale_source=auto picks it.
 DEFAULT_SCALE_SOURCE = {"realcam": "condition_frame", "cami2v": "relative", "cameractrl": "relative",
@@ -22,19 +25,19 @@ DEFAULT_SCALE_SOURCE = {"realcam": "condition_frame", "cami2v": "relative", "cam
 class DataConfig:
     annotation_dir: str = "outputs/sample_annotation"  # annotation job output (clips/*.parquet)
     manifest: str = "data/sample/manifest.csv"  # the job's input manifest: clip_id -> video_path
-    split: str = "train"
-    val_split: str = "test"
+    split: str = "train"  # manifest split the training clips come from
+    val_split: str = "test"  # split of the validation clips
     captions: str = ""  # CSV (clip_id,caption) or JSON {clip_id or clip_id.mp4: caption | [caption]}; "" = empty
-    frames: int = 16
-    height: int = 256
-    width: int = 256
+    frames: int = 16  # frames per training sample
+    height: int = 256  # sample size in pixels (multiple of 8)
+    width: int = 256  # sample size in pixels (multiple of 8)
     stride_range: tuple[int, int] = (1, 10)  # training stride, uniform int; reduced for short clips
-    val_stride: int = 8
+    val_stride: int = 8  # validation frame stride
     rand_cond_frame: bool = True  # training only; validation always uses frame 0
-    scale_source: str = "auto"  # auto (= DEFAULT_SCALE_SOURCE of camera.kind) | condition_frame | clip | relative
-    num_workers: int = 2
+    scale_source: ScaleSource = "auto"  # auto: the paper's per camera.kind (realcam: condition_frame, others: relative)
+    num_workers: int = 2  # DataLoader worker processes per training process
     max_skips: int = 16  # unreadable videos tried in a row before a sample raises
-    val_max_clips: int = 256
+    val_max_clips: int = 256  # validation clips at most (0 = all)
 
 
 @dataclass
@@ -42,30 +45,31 @@ class ModelConfig:
     preset: str = "256"  # train/dynamicrafter preset name or yaml path
     checkpoint: str = ""  # official model.ckpt (or converted folder); "" = random weights (tests / tiny)
     tokenizer: str = ""  # CLIP tokenizer folder (vocab.json, merges.txt); "" with tiny = byte-level tiny one
-    gradient_checkpointing: bool = True
-    fs_type: str = "fs"  # fs: frame stride as the fs embedding (256); fps: fps_ori // stride (512)
+    gradient_checkpointing: bool = True  # recompute UNet activations in the backward pass (less memory)
+    fs_type: Literal["fs", "fps"] = "fs"  # fs: frame stride as the fs embedding (256); fps: fps_ori // stride (512)
 
 
 @dataclass
 class CameraConfig:
-    kind: str = "realcam"  # realcam | cami2v | cameractrl | motionctrl
-    num_register_tokens: int = 4
-    encoder_heads: int = 8
-    encoder_res_blocks: int = 2
+    kind: CameraKind = "realcam"  # camera plug-in (RealCam-I2V, CamI2V, CameraCtrl, MotionCtrl)
+    num_register_tokens: int = 4  # register tokens of the camera encoder
+    encoder_heads: int = 8  # attention heads of the camera encoder
+    encoder_res_blocks: int = 2  # residual blocks per level of the camera encoder
     encoder_max_len: int = 16  # sinusoidal temporal position encoding length
     epipolar_levels: list[int] | None = None  # feature levels with an epipolar mask (None = all); others: full
-    epipolar_self: str = "full"  # full: a frame attends to itself fully; perturbed: reference's 1e-6 noise
+    # full: a frame attends to itself fully; perturbed: the reference's 1e-6 noise
+    epipolar_self: Literal["full", "perturbed"] = "full"
     motionctrl_hidden: int = 0  # MotionCtrl MLP width (0 = block width)
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
-    weight_decay: float = 1e-2
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    max_grad_norm: float = 0.5
-    gradient_accumulation_steps: int = 1
+    lr: float = 1e-4  # AdamW learning rate
+    weight_decay: float = 1e-2  # AdamW weight decay
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
+    max_grad_norm: float = 0.5  # gradient clipping norm
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
     uncond_prob: float = 0.05  # CFG dropout unit (text-only, both, image-only: 5% each)
     max_nonfinite_steps: int = 10  # optimizer steps in a row with non-finite loss/gradients (skipped) that stop a run
 
@@ -73,33 +77,33 @@ class OptimConfig:
 @dataclass
 class ValidationConfig:
     every: int = 2000  # optimizer steps; 0 = never
-    num_samples: int = 4
-    steps: int = 25
-    spacing: str = "uniform_trailing"
-    eta: float = 1.0
-    cfg_scale: float = 7.5
-    guidance_rescale: float = 0.7
+    num_samples: int = 4  # validation videos sampled each time
+    steps: int = 25  # DDIM steps of the validation videos
+    spacing: Literal["uniform", "uniform_trailing"] = "uniform_trailing"  # DDIM timestep spacing
+    eta: float = 1.0  # DDIM eta
+    cfg_scale: float = 7.5  # classifier-free guidance scale
+    guidance_rescale: float = 0.7  # CFG rescale (0 = off)
     loss_batches: int = 2  # fixed-seed validation loss on this many batches (0 = off)
 
 
 @dataclass
 class RunConfig:
-    output_dir: str = "runs/realcam"
-    max_steps: int = 50000
+    output_dir: str = "runs/realcam"  # run folder (train/training-contract.md); reused to resume
+    max_steps: int = 50000  # optimizer steps
     batch_size: int = 1  # per process
-    seed: int = 20230211
-    mixed_precision: str = "fp16"  # no | fp16 | bf16
-    deepspeed: str = ""  # DeepSpeed json (ZeRO-1); "" = plain DDP unless accelerate launch configured DeepSpeed
-    checkpoint_every: int = 2000
+    seed: int = 20230211  # seed of data order, noise and dropout
+    mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"  # autocast dtype
+    deepspeed: str = ""  # DeepSpeed json (ZeRO-1), multi-GPU under accelerate launch; "" = plain DDP / one process
+    checkpoint_every: int = 2000  # optimizer steps between checkpoints
     checkpoints_total_limit: int = 0  # 0 = keep all
-    log_every: int = 1
-    tensorboard: bool = True
-    wandb: bool = False
-    progress: bool = True
+    log_every: int = 1  # optimizer steps between metrics lines
+    tensorboard: bool = True  # TensorBoard logs in the run folder
+    wandb: bool = False  # Weights & Biases logging
+    progress: bool = True  # progress bar on the main process
     cache_dir: str = ""  # VAE/CLIP cache folder ("" = off), see train/cache.py
     cache_epochs: int = 0  # precompute the cache for this many epochs before training
     log_clip_ids: bool = False  # metrics: clip ids per rank (tests of data sharding)
-    allow_tf32: bool = True
+    allow_tf32: bool = True  # TF32 matmuls on Ampere+ GPUs
     cpu_threads: int = 0  # torch threads per process on the CPU (0 = torch default; 1 avoids oversubscription)
 
 
