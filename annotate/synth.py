@@ -25,7 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
-from annotate.camera import c2w_to_w2c, interpolate_poses, relative_to, to_4x4, w2c_to_c2w
+from annotate.camera import (
+    c2w_to_w2c,
+    interpolate_poses,
+    intrinsics_to_pixels,
+    look_at,
+    make_pose,
+    pixel_centres,
+    random_rotation,
+    relative_to,
+    rot_y,
+    to_4x4,
+    unproject,
+    w2c_to_c2w,
+)
 from annotate.files import atomic_write_text
 from annotate.re10k import CameraTrajectory, read_camera_file, write_camera_file
 from annotate.video import write_video
@@ -135,16 +148,14 @@ def _value_noise(p: np.ndarray, perm: np.ndarray) -> np.ndarray:
 def render(room: Room, c2w: np.ndarray, intr_px: np.ndarray, width: int, height: int,
            supersample: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """One view: uint8 RGB ``[H, W, 3]`` and exact metric z-depth ``[H, W]`` at pixel centres."""
-    fx, fy, cx, cy = intr_px
     c2w = to_4x4(c2w)
 
     def cast(us, vs):
-        d_cam = np.stack([(us - cx) / fx, (vs - cy) / fy, np.ones_like(us)], axis=-1).reshape(-1, 3)
-        dirs = d_cam @ c2w[:3, :3].T
+        dirs = unproject(us, vs, 1.0, intr_px).reshape(-1, 3) @ c2w[:3, :3].T
         t, surf = room.intersect(c2w[:3, 3], dirs)
         return t, surf, c2w[:3, 3] + t[:, None] * dirs
 
-    v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
+    u, v = pixel_centres(height, width)
     depth, surf, pts = cast(u, v)  # camera-space direction has z = 1, so t is the z-depth
     s = supersample
     if s == 1:
@@ -159,51 +170,31 @@ def render(room: Room, c2w: np.ndarray, intr_px: np.ndarray, width: int, height:
 # ----------------------------------------------------------------------------------------- trajectories
 
 
-def look_rotation(forward: np.ndarray, down: tuple[float, float, float] = (0.0, 1.0, 0.0)) -> np.ndarray:
-    """c2w rotation whose camera z looks along ``forward`` with camera y as close to world ``down``."""
-    down = np.asarray(down, np.float64)
-    z = forward / np.linalg.norm(forward)
-    x = np.cross(down, z)
-    x /= np.linalg.norm(x)
-    return np.stack([x, np.cross(z, x), z], axis=1)
-
-
-def yaw(angle: float) -> np.ndarray:
-    c, s = np.cos(angle), np.sin(angle)
-    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
-
-
-def pose(rot: np.ndarray, centre: np.ndarray) -> np.ndarray:
-    m = np.eye(4)
-    m[:3, :3], m[:3, 3] = rot, centre
-    return m
-
-
 def make_trajectory(kind: str, rng: np.random.Generator, room: Room, num_frames: int,
                     re10k_file: Path | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Metric c2w ``[F, 4, 4]`` in room coordinates, plus normalised intrinsics for RealEstate10K paths."""
     start = np.array([rng.uniform(-0.6, 0.6), rng.uniform(-0.15, 0.15), room.lo[2] + rng.uniform(1.3, 1.8)])
     heading = rng.uniform(-0.25, 0.25)
-    r0 = yaw(heading)
+    r0 = rot_y(heading)
     intr = None
     if kind == "re10k":
         traj = read_camera_file(re10k_file)
         rel = relative_to(w2c_to_c2w(traj.w2c), 0)
         extent = np.linalg.norm(rel[:, :3, 3], axis=1).max()
         rel[:, :3, 3] *= rng.uniform(0.8, 1.6) / max(extent, 1e-9)  # metres moved along the path
-        keys = pose(r0, start)[None] @ rel
+        keys = make_pose(r0, start)[None] @ rel
         intr = traj.intrinsics.mean(axis=0)
     elif kind == "walk":
         dist = rng.uniform(1.2, 2.2)
         n = 5
         s = np.linspace(0, 1, n)
-        keys = np.stack([pose(r0 @ yaw(0.12 * np.sin(3 * si)),
-                              start + r0 @ np.array([0.25 * np.sin(2 * si), 0.05 * np.sin(7 * si), dist * si]))
+        keys = np.stack([make_pose(r0 @ rot_y(0.12 * np.sin(3 * si)),
+                                   start + r0 @ np.array([0.25 * np.sin(2 * si), 0.05 * np.sin(7 * si), dist * si]))
                          for si in s])
     elif kind == "pan":
         sweep = rng.uniform(0.35, 0.6) * rng.choice([-1, 1])
         side = -np.sign(sweep) * rng.uniform(0.5, 0.9)  # translation gives parallax for triangulation
-        keys = np.stack([pose(r0 @ yaw(sweep * si), start + r0 @ np.array([side * si, 0, 0.3 * si]))
+        keys = np.stack([make_pose(r0 @ rot_y(sweep * si), start + r0 @ np.array([side * si, 0, 0.3 * si]))
                          for si in np.linspace(0, 1, 4)])
     elif kind == "orbit":
         target = np.array([0.0, 0.4, start[2] + rng.uniform(3.0, 4.0)])
@@ -213,11 +204,11 @@ def make_trajectory(kind: str, rng: np.random.Generator, room: Room, num_frames:
         keys = []
         for a in np.linspace(a0, a0 + arc, 5):
             c = np.array([target[0] + radius * np.sin(a), start[1], target[2] + radius * np.cos(a)])
-            keys.append(pose(look_rotation(target - c), c))
+            keys.append(look_at(c, target))
         keys = np.stack(keys)
     elif kind == "zoom":
         dist = rng.uniform(1.0, 2.0)
-        keys = np.stack([pose(r0, start), pose(r0, start + r0 @ np.array([0, 0, dist]))])
+        keys = np.stack([make_pose(r0, start), make_pose(r0, start + r0 @ np.array([0, 0, dist]))])
     else:
         raise ValueError(f"unknown trajectory kind {kind!r}; choose from re10k, {', '.join(GENERATED)}")
     return interpolate_poses(keys, num_frames, ease=kind in ("zoom", "walk")), intr
@@ -227,13 +218,7 @@ def make_trajectory(kind: str, rng: np.random.Generator, room: Room, num_frames:
 
 
 def random_rigid(rng: np.random.Generator) -> np.ndarray:
-    q = rng.normal(size=4)
-    q /= np.linalg.norm(q)
-    w, x, y, z = q
-    rot = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                    [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                    [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
-    return pose(rot, rng.normal(scale=2.0, size=3))
+    return make_pose(random_rotation(rng), rng.normal(scale=2.0, size=3))
 
 
 def make_clip(cfg: SynthConfig, index: int, out: Path) -> dict:
@@ -248,7 +233,7 @@ def make_clip(cfg: SynthConfig, index: int, out: Path) -> dict:
     w, h = cfg.width, cfg.height
     if intr_norm is None:
         intr_norm = np.array([cfg.fx_norm, cfg.fx_norm * w / h, 0.5, 0.5])
-    intr_px = intr_norm * np.array([w, h, w, h])
+    intr_px = intrinsics_to_pixels(intr_norm, w, h)
     frames, depths = zip(*(render(room, c, intr_px, w, h, cfg.supersample) for c in c2w_metric))
 
     scale = float(np.exp(rng.uniform(*np.log(cfg.scale_range))))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from annotate.camera import ResizeCrop, invert_rigid, to_4x4
+from annotate.camera import ResizeCrop, backproject, invert_rigid, project, to_4x4  # backproject: also public here
 
 # ------------------------------------------------------------------------------------------------ image
 
@@ -88,15 +88,6 @@ class PointCloud:
         return PointCloud(self.xyz[idx], self.rgb[idx])
 
 
-def backproject(depth: np.ndarray, intr_px: np.ndarray) -> np.ndarray:
-    """Metric z-depth [H, W] -> camera-frame points [H, W, 3] through the pixel centres (u + 0.5, v + 0.5)."""
-    h, w = depth.shape
-    fx, fy, cx, cy = np.asarray(intr_px, np.float64)
-    v, u = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
-    z = depth.astype(np.float64)
-    return np.stack([(u - cx) / fx * z, (v - cy) / fy * z, z], axis=-1)
-
-
 def statistical_outliers(xyz: np.ndarray, nb_neighbors: int = 16, std_ratio: float = 3.0) -> np.ndarray:
     """Open3D-style statistical outlier removal (reference §4.1: 16 neighbours, 3 std): keep-mask of points
     whose mean distance to their nb_neighbors nearest points is <= mean + std_ratio * std over the cloud."""
@@ -148,10 +139,8 @@ def splat(cloud: PointCloud, c2w: np.ndarray, intr_px: np.ndarray, hw: tuple[int
     p, rgb = p[front], cloud.rgb[front]
     if len(p) == 0:
         return img, zbuf
-    fx, fy, cx, cy = np.asarray(intr_px, np.float64)
-    z = p[:, 2]
-    u = fx * p[:, 0] / z + cx
-    v = fy * p[:, 1] / z + cy
+    uv, z = project(p, intr_px)
+    u, v = uv[:, 0], uv[:, 1]
     s = max(int(point_size), 1)
     off = (s - 1) / 2.0
     # Drop points whose footprint is entirely off-screen before expanding (also keeps the casts finite).

@@ -4,7 +4,7 @@ Every trajectory is a list of c2w [F, 4, 4] in metres, relative to the condition
 identity; OpenCV axes: x right, y down, z forward), plus optional per-frame pixel intrinsics [F, 4] (only the
 ``zoom`` preset changes them; None = the image's intrinsics). Keyframes are interpolated by
 :func:`annotate.camera.interpolate_poses` (true SE(3): slerp rotations, linear centres), not the reference's
-element-wise matrix lerp (§4.3).
+element-wise matrix lerp (``camera_pose_lerp`` in the authors' ``CameraControl/data/utils.py``).
 
 Presets (``name`` or ``name:key=value,...``; s runs 0 -> 1 over the clip, or 0 -> 1 -> 0 with ``loop``):
 
@@ -31,12 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
-from annotate.camera import (
+from annotate.camera import (  # rot_x, rot_y, make_pose, look_at: also this module's public names (editor, tests)
     c2w_to_w2c,
     interpolate_poses,
     intrinsics_to_normalized,
     intrinsics_to_pixels,
+    look_at,
+    make_pose,
     relative_to,
+    rot_x,
+    rot_y,
     scale_translation,
     to_4x4,
     w2c_to_c2w,
@@ -66,39 +70,6 @@ class Trajectory:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-def rot_x(a: float) -> np.ndarray:
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]], np.float64)
-
-
-def rot_y(a: float) -> np.ndarray:
-    """Turn about camera y (down); positive a moves the optical axis towards +x (turn right)."""
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]], np.float64)
-
-
-def make_pose(rot: np.ndarray, centre) -> np.ndarray:
-    m = np.eye(4)
-    m[:3, :3], m[:3, 3] = rot, centre
-    return m
-
-
-def look_at(position, target, up=(0.0, -1.0, 0.0)) -> np.ndarray:
-    """c2w looking from `position` at `target` (OpenCV axes: camera y points away from `up`)."""
-    position, target = np.asarray(position, np.float64), np.asarray(target, np.float64)
-    z = target - position
-    n = np.linalg.norm(z)
-    if n < 1e-12:
-        raise ValueError("look_at: position and target coincide")
-    z /= n
-    down = -np.asarray(up, np.float64)
-    x = np.cross(down, z)
-    if np.linalg.norm(x) < 1e-9:
-        raise ValueError("look_at: viewing direction is parallel to `up`")
-    x /= np.linalg.norm(x)
-    return make_pose(np.stack([x, np.cross(z, x), z], axis=1), position)
 
 
 def clip_times(num_frames: int, loop: bool = False) -> np.ndarray:
@@ -171,10 +142,9 @@ def preset_trajectory(spec: str, num_frames: int, image_intr: np.ndarray | None 
 
 def keyframe_pose(kf: dict) -> np.ndarray:
     if "c2w" in kf:
-        m = to_4x4(np.asarray(kf["c2w"], np.float64))
-        return m
+        return to_4x4(np.asarray(kf["c2w"], np.float64))
     if "w2c" in kf:
-        return c2w_to_w2c(np.asarray(kf["w2c"], np.float64))
+        return w2c_to_c2w(np.asarray(kf["w2c"], np.float64))
     if "position" in kf and "look_at" in kf:
         return look_at(kf["position"], kf["look_at"], kf.get("up", (0.0, -1.0, 0.0)))
     raise ValueError(f"keyframe {kf} needs c2w, w2c, or position + look_at")
