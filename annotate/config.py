@@ -203,7 +203,13 @@ def dump_yaml(cfg: Any) -> str:
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the description/epilog layout and adds "(default: ...)" to every option."""
+    """Keeps the description/epilog layout and adds "(default: ...)" to every option whose help does not
+    already say its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if "default" in (action.help or "").lower():
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def _source_comments(cls: type) -> dict[str, str]:

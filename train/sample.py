@@ -40,13 +40,15 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from annotate.config import HelpFormatter
+
     p = argparse.ArgumentParser(prog="python -m train.sample", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter, epilog=trajectory_help())
     io = p.add_argument_group("inputs and outputs")
     io.add_argument("--image", help="condition image (any size); not needed with --continue-from")
     io.add_argument("--trajectory", default="dolly:distance=0.5",
-                    help="preset spec, keyframe .json or RealEstate10K .txt (default: %(default)s)")
-    io.add_argument("--prompt", default="")
+                    help="preset spec (see the presets below), keyframe .json or RealEstate10K .txt")
+    io.add_argument("--prompt", default="", help="text prompt")
     io.add_argument("--out", required=True, help="output folder")
     io.add_argument("--fps", type=float, default=8.0, help="fps of the written videos")
     mdl = p.add_argument_group("model")
@@ -55,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     mdl.add_argument("--tokenizer", help="CLIP tokenizer folder (vocab.json + merges.txt)")
     mdl.add_argument("--plugin", help="camera plug-in: plugin.safetensors, a checkpoint folder or a run folder")
     mdl.add_argument("--tiny", action="store_true", help="random tiny model (tests, smoke runs)")
-    mdl.add_argument("--tiny-seed", type=int, default=0)
-    mdl.add_argument("--device", default="auto")
+    mdl.add_argument("--tiny-seed", type=int, default=0, help="seed of the random tiny model's weights")
+    mdl.add_argument("--device", default="auto", help="auto: cuda when available, else cpu; or cpu, cuda:N")
     mdl.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
                      help="auto: bf16 on a CUDA GPU that supports it, else fp16 on CUDA, fp32 on the CPU")
     cam = p.add_argument_group("camera and scene")
@@ -70,28 +72,30 @@ def build_parser() -> argparse.ArgumentParser:
                      help="metres per unit of a RealEstate10K camera file (instead of --annotations)")
     cam.add_argument("--loop", action="store_true", help="out-and-back trajectory, last frame = the image")
     cam.add_argument("--ease", action="store_true", help="ease in/out the keyframe timing")
-    cam.add_argument("--point-size", type=int, default=2)
-    cam.add_argument("--no-outlier-removal", action="store_true")
+    cam.add_argument("--point-size", type=int, default=2, help="splat size of the preview's points (pixels)")
+    cam.add_argument("--no-outlier-removal", action="store_true", help="keep depth outliers in the point cloud")
     smp = p.add_argument_group("sampling")
-    smp.add_argument("--seed", type=int, default=12333)
-    smp.add_argument("--steps", type=int, default=25)
-    smp.add_argument("--cfg", type=float, default=7.5)
-    smp.add_argument("--guidance-rescale", type=float, default=0.7)
-    smp.add_argument("--eta", type=float, default=1.0)
-    smp.add_argument("--spacing", default="uniform_trailing", choices=("uniform", "uniform_trailing"))
+    smp.add_argument("--seed", type=int, default=12333, help="sampling seed")
+    smp.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    smp.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
+    smp.add_argument("--guidance-rescale", type=float, default=0.7, help="CFG rescale (0 = off)")
+    smp.add_argument("--eta", type=float, default=1.0, help="DDIM eta (0 = deterministic)")
+    smp.add_argument("--spacing", default="uniform_trailing", choices=("uniform", "uniform_trailing"),
+                     help="DDIM timestep spacing")
     smp.add_argument("--frame-stride", type=int, default=None,
                      help="video frames (camera-file lines) between generated frames (default: the model's, 8)")
     smp.add_argument("--fs", type=int, default=None,
                      help="fs/fps embedding value (default: from the stride, as the backbone was trained)")
     smp.add_argument("--no-progress", action="store_true", help="no DDIM progress bar")
-    smp.add_argument("--frames", type=int, default=None)
-    smp.add_argument("--height", type=int, default=None)
-    smp.add_argument("--width", type=int, default=None)
+    smp.add_argument("--frames", type=int, default=None, help="frames to generate (default: the model's)")
+    smp.add_argument("--height", type=int, default=None, help="video height (default: the model's)")
+    smp.add_argument("--width", type=int, default=None, help="video width (default: the model's)")
     shp = p.add_argument_group("noise shaping (reference 4.2)")
-    shp.add_argument("--noise-shaping", action="store_true")
-    shp.add_argument("--shaping-threshold", type=int, default=900)
-    shp.add_argument("--erosion-kernel", type=int, default=5)
-    shp.add_argument("--mask-binarize", type=float, default=0.9)
+    shp.add_argument("--noise-shaping", action="store_true", help="scene-constrained noise shaping of the "
+                     "first steps from the depth preview")
+    shp.add_argument("--shaping-threshold", type=int, default=900, help="shape the noise while t >= this")
+    shp.add_argument("--erosion-kernel", type=int, default=5, help="erosion of the preview's valid mask (pixels)")
+    shp.add_argument("--mask-binarize", type=float, default=0.9, help="latent mask threshold")
     mod = p.add_argument_group("modes")
     mod.add_argument("--last-image", help="interpolation: the last frame's image")
     mod.add_argument("--continue-from", help="continuation: a previous output folder (video.mp4 + "
@@ -100,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--allow-untrained-mode", action="store_true",
                      help="sample in a concatenation mode the plug-in was not trained with")
     return p
+
+
+def trajectory_help() -> str:
+    """The presets section of train/inference/trajectory.py's docstring (their one description)."""
+    from train.inference import trajectory
+
+    doc = trajectory.__doc__ or ""
+    start = doc.find("Presets (")
+    end = doc.find("JSON keyframes:", start)
+    if start < 0 or end < start:
+        return f"trajectory presets: {', '.join(trajectory.PRESETS)} (see train/inference/trajectory.py)"
+    return "trajectory p" + doc[start + 1:end].strip().replace("``", "") + "\n"
 
 
 def load_model(args):
@@ -172,6 +188,13 @@ def main(argv: list[str] | None = None) -> dict:
     from train.inference.trajectory import continuation_trajectory, load_trajectory
 
     args = build_parser().parse_args(argv)
+    from annotate.preflight import EXIT_CODE
+    from train.preflight import check_sample
+
+    problems = check_sample(args)  # before any model loads (minutes) and before --out is written
+    if problems:
+        print(f"error: {problems.message()}", file=sys.stderr)
+        raise SystemExit(EXIT_CODE)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     t0 = time.time()
     model = load_model(args)
