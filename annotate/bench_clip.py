@@ -29,7 +29,7 @@ import numpy as np
 import pycolmap
 from PIL import Image
 
-from annotate.camera import rotmat_to_quat
+from annotate.camera import intrinsics_to_pixels, rotmat_to_quat
 from annotate.depth import depth_at_keypoints
 from annotate.files import write_json
 from annotate.re10k import read_camera_file
@@ -147,7 +147,7 @@ def run_colmap_cli(row: dict, colmap: str = "colmap") -> dict:
         for n, img in zip(names, frames):
             Image.fromarray(img).save(tmp / "images" / n, compress_level=1)
         t_write = time.perf_counter() - t0
-        intr = traj.intrinsics[0] * np.array([w, h, w, h])
+        intr = intrinsics_to_pixels(traj.intrinsics[0], w, h)
         db = tmp / "database.db"
         run = lambda *args: subprocess.run([colmap, *args], check=True, capture_output=True, text=True)  # noqa: E731
         t0 = time.perf_counter()

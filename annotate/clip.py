@@ -19,7 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from annotate.depth import DepthAnythingPredictor, DepthConfig, DepthFileError, PrecomputedDepth, depth_at_keypoints
+from annotate.depth import (
+    DepthAnythingPredictor,
+    DepthConfig,
+    DepthFileError,
+    DepthPredictor,
+    PrecomputedDepth,
+    depth_at_keypoints,
+)
 from annotate.re10k import DEFAULT_ROTATION_TOL, CameraFileError, read_camera_file
 from annotate.scale import NoValidScale, ScaleConfig, clip_statistics, frame_scales, metric_cameras, point_ratios
 from annotate.triangulate import Observations, SfmConfig, TriangulationError, triangulate, visible_ratios
@@ -132,12 +139,12 @@ class DepthStage:
     """Stage 2: metric depth at the keypoints. The depth model is loaded lazily, once per stage object
     (one per Ray actor), and only if some clip has no ``depth_path``."""
 
-    def __init__(self, cfg: DepthConfig | None = None, predictor=None):
+    def __init__(self, cfg: DepthConfig | None = None, predictor: DepthPredictor | None = None):
         self.cfg = cfg or DepthConfig()
         self._predictor = predictor
 
     @property
-    def predictor(self):
+    def predictor(self) -> DepthPredictor:
         if self._predictor is None:
             self._predictor = DepthAnythingPredictor(self.cfg)
         return self._predictor

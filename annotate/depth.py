@@ -40,7 +40,10 @@ class DepthConfig:
 
 
 class DepthPredictor(Protocol):
-    max_depth: float | None
+    """A depth predictor: metric depth of every frame (:class:`DepthAnythingPredictor`, or any object with
+    these members; evaluation uses only ``predict``)."""
+
+    max_depth: float | None  # the model's depth cap in metres, None without one
 
     def predict(self, frames: np.ndarray) -> np.ndarray:
         """uint8 ``[N, H, W, 3]`` -> float32 metric depth ``[N, H, W]`` at the frames' resolution."""

@@ -5,6 +5,10 @@ numbers of a row-major 3x4 world-to-camera matrix (see :mod:`annotate.camera` fo
 Every error names the file and the 1-based line. Intrinsics are checked here, before any frame is decoded:
 a focal length that is not positive or too large for a normalised value (pixel units), or a principal point
 far outside the image, makes the file malformed.
+
+Also read here: the authors' evaluation layout ``camera_data/<name>.txt`` (written by their
+``evaluation/glomap_evaluation.py`` set-up): no URL line, one row of 18 numbers per frame, ``fx fy cx cy 0 0``
+in pixels of the crop followed by the 12 w2c values (:func:`parse_camera_data_text`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from annotate.camera import orthonormality_error
 from annotate.files import atomic_write_text
 
 NUM_COLUMNS = 19
+CAMERA_DATA_COLUMNS = 18  # the evaluation layout: no timestamp column
 DEFAULT_ROTATION_TOL = 1e-3
 # Normalised intrinsics (fx, cx by width; fy, cy by height). A focal length above MAX_FOCAL is a field of view
 # under 3 degrees: almost surely pixel units. The principal point may lie at most PP_MARGIN image sizes outside
@@ -73,6 +78,28 @@ def _check_intrinsics(intr: list[float], path: str | os.PathLike, line: int) -> 
                                               f"image (normalised: 0..1, allowed {-PP_MARGIN:g}..{1 + PP_MARGIN:g})")
 
 
+def _numbers(fields: list[str], first_col: int, path: str | os.PathLike, line: int) -> list[float]:
+    """The finite numbers of one pose line's fields (``first_col``: the 1-based column of ``fields[0]``)."""
+    vals = []
+    for col, f in enumerate(fields, start=first_col):
+        try:
+            v = float(f)
+        except ValueError:
+            raise CameraFileError(path, line, f"column {col} {f!r} is not a number") from None
+        if not math.isfinite(v):
+            raise CameraFileError(path, line, f"column {col} is not finite ({f})")
+        vals.append(v)
+    return vals
+
+
+def _check_rotation(pose: list[float], path: str | os.PathLike, line: int, rotation_tol: float) -> None:
+    """``pose``: ``fx fy cx cy 0 0`` + 12 row-major w2c values."""
+    err = float(orthonormality_error(np.array(pose[6:], np.float64).reshape(3, 4)[:, :3]))
+    if err > rotation_tol:
+        raise CameraFileError(path, line, f"rotation is not orthonormal (error {err:.3g} > tolerance "
+                                          f"{rotation_tol:g})")
+
+
 def parse_camera_text(text: str, path: str | os.PathLike = "<string>",
                       rotation_tol: float = DEFAULT_ROTATION_TOL) -> CameraTrajectory:
     lines = text.splitlines()
@@ -90,21 +117,9 @@ def parse_camera_text(text: str, path: str | os.PathLike = "<string>",
             stamp = int(fields[0])
         except ValueError:
             raise CameraFileError(path, n, f"timestamp {fields[0]!r} is not an integer") from None
-        vals = []
-        for col, f in enumerate(fields[1:], start=2):
-            try:
-                v = float(f)
-            except ValueError:
-                raise CameraFileError(path, n, f"column {col} {f!r} is not a number") from None
-            if not math.isfinite(v):
-                raise CameraFileError(path, n, f"column {col} is not finite ({f})")
-            vals.append(v)
+        vals = _numbers(fields[1:], 2, path, n)
         _check_intrinsics(vals[:4], path, n)
-        w2c = np.array(vals[6:], np.float64).reshape(3, 4)
-        err = float(orthonormality_error(w2c[:, :3]))
-        if err > rotation_tol:
-            raise CameraFileError(path, n, f"rotation is not orthonormal (error {err:.3g} > tolerance "
-                                           f"{rotation_tol:g})")
+        _check_rotation(vals, path, n, rotation_tol)
         if stamps and stamp <= stamps[-1]:
             raise CameraFileError(path, n, f"timestamp {stamp} does not increase (previous {stamps[-1]})")
         stamps.append(stamp)
@@ -115,12 +130,35 @@ def parse_camera_text(text: str, path: str | os.PathLike = "<string>",
     return CameraTrajectory(url, np.array(stamps, np.int64), arr[:, :4].copy(), arr[:, 6:].reshape(-1, 3, 4).copy())
 
 
-def read_camera_file(path: str | os.PathLike, rotation_tol: float = DEFAULT_ROTATION_TOL) -> CameraTrajectory:
+def read_camera_text(path: str | os.PathLike) -> str:
     try:
-        text = Path(path).read_text()
+        return Path(path).read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise CameraFileError(path, None, f"cannot read ({e.__class__.__name__}: {e})") from None
-    return parse_camera_text(text, path, rotation_tol)
+
+
+def read_camera_file(path: str | os.PathLike, rotation_tol: float = DEFAULT_ROTATION_TOL) -> CameraTrajectory:
+    return parse_camera_text(read_camera_text(path), path, rotation_tol)
+
+
+def parse_camera_data_text(text: str, path: str | os.PathLike = "<string>",
+                           rotation_tol: float = DEFAULT_ROTATION_TOL) -> tuple[np.ndarray, np.ndarray]:
+    """The evaluation layout (module docstring): intrinsics ``[F, 4]`` as written (pixels) and w2c ``[F, 3, 4]``."""
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != CAMERA_DATA_COLUMNS:
+            raise CameraFileError(path, n, f"expected {CAMERA_DATA_COLUMNS} columns (camera_data layout), "
+                                           f"found {len(fields)}")
+        vals = _numbers(fields, 1, path, n)
+        _check_rotation(vals, path, n, rotation_tol)
+        rows.append(vals)
+    if not rows:
+        raise CameraFileError(path, None, "no pose lines")
+    arr = np.array(rows, np.float64)
+    return arr[:, :4].copy(), arr[:, 6:].reshape(-1, 3, 4).copy()
 
 
 def format_camera_text(traj: CameraTrajectory) -> str:

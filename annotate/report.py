@@ -162,7 +162,7 @@ def recompute_observations(out: Path, clip_id: str, mj: dict) -> dict:
 
 def plot_clip(row: dict, rec: dict | None, folder: Path) -> dict[str, str]:
     plt = _plt()
-    from annotate.camera import relative_to, w2c_to_c2w
+    from annotate.camera import intrinsics_to_pixels, relative_to, unproject, w2c_to_c2w
 
     cid, nf, scale = row["clip_id"], row["num_frames"], row["scale"]
     out = {}
@@ -197,9 +197,9 @@ def plot_clip(row: dict, rec: dict | None, folder: Path) -> dict[str, str]:
     xy = np.asarray(rec["obs_xy"], np.float64).reshape(-1, 2)[sel]
     z_tri = np.asarray(rec["obs_z"], np.float64)[sel] * scale
     z_met = np.asarray(rec["obs_metric"], np.float64)[sel]
-    fx, fy, cx, cy = np.asarray(row["intrinsics"], np.float64).reshape(nf, 4)[f] * \
-        np.array([rec["frame_w"], rec["frame_h"], rec["frame_w"], rec["frame_h"]])
-    ray_x = (xy[:, 0] - cx) / fx
+    intr = intrinsics_to_pixels(np.asarray(row["intrinsics"], np.float64).reshape(nf, 4)[f], rec["frame_w"],
+                                rec["frame_h"])
+    ray_x = unproject(xy[:, 0], xy[:, 1], 1.0, intr)[:, 0]  # x / z of each keypoint's ray
     good = np.isfinite(z_met) & (z_met > 0)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     ax = axes[0]

@@ -33,7 +33,7 @@ import numpy as np
 import pycolmap
 from PIL import Image
 
-from annotate.camera import rotation_angle
+from annotate.camera import intrinsics_matrix, intrinsics_to_pixels, project, rotation_angle, skew
 from annotate.scale import frame_scales
 
 log = logging.getLogger("realcam")
@@ -85,11 +85,6 @@ class Observations:
     def __post_init__(self):
         if self.projected is None:
             self.projected = np.zeros(len(self.frame), np.uint8)
-
-    def to_dict(self) -> dict:
-        return {"obs_frame": self.frame, "obs_xy": self.xy.reshape(-1), "obs_z": self.z,
-                "obs_projected": self.projected, "num_points": self.num_points,
-                "reprojection_error": self.reprojection_error}
 
 
 class TriangulationError(RuntimeError):
@@ -182,8 +177,7 @@ def known_geometry(w2c1: np.ndarray, w2c2: np.ndarray, k1: np.ndarray, k2: np.nd
     """The two-view geometry the camera file fixes (no estimation): relative pose, E and F."""
     r = w2c2[:, :3] @ w2c1[:, :3].T
     t = w2c2[:, 3] - r @ w2c1[:, 3]
-    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
-    e = tx @ r
+    e = skew(t) @ r
     f = np.linalg.inv(k2).T @ e @ np.linalg.inv(k1)
     tvg = pycolmap.TwoViewGeometry()
     tvg.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
@@ -205,7 +199,7 @@ def triangulate_keyframes(frames: np.ndarray, intrinsics: np.ndarray, w2c: np.nd
     nf, h, w = frames.shape[:3]
     sh, sw = sfm_size((h, w), cfg.max_side)
     w2c = np.asarray(w2c, np.float64)
-    intr_px = np.asarray(intrinsics, np.float64) * np.array([sw, sh, sw, sh])
+    intr_px = intrinsics_to_pixels(intrinsics, sw, sh)
     single = bool(np.allclose(intr_px, intr_px[0], rtol=1e-6, atol=1e-6))
     clock = _Clock()
     keys = select_keyframes(w2c, cfg.keyframe_stride, cfg.keyframe_max_rotation)
@@ -224,7 +218,7 @@ def triangulate_keyframes(frames: np.ndarray, intrinsics: np.ndarray, w2c: np.nd
             clock.start()
             cams = [pycolmap.Camera(model="PINHOLE", width=sw, height=sh, params=intr_px[k],
                                     camera_id=1 if single else i + 1) for i, k in enumerate(keys)]
-            kmat = [np.array([[p[0], 0, p[2]], [0, p[1], p[3]], [0, 0, 1]]) for p in intr_px[keys]]
+            kmat = intrinsics_matrix(intr_px[keys])
             mopt = pycolmap.FeatureMatchingOptions()
             mopt.num_threads = cfg.num_threads
             matcher = pycolmap.FeatureMatcher.create(mopt, device=pycolmap.Device.cpu)
@@ -270,8 +264,8 @@ def triangulate_keyframes(frames: np.ndarray, intrinsics: np.ndarray, w2c: np.nd
             clock.start()
             obs = _observations(rec, {n: int(k) for n, k in zip(names, keys)}, (sh, sw), (h, w),
                                 cfg.min_track_length)
-            obs = _project_between(obs, rec, keys, np.asarray(intrinsics, np.float64) * np.array([w, h, w, h]),
-                                   w2c, (h, w), cfg.projected_points)
+            obs = _project_between(obs, rec, keys, intrinsics_to_pixels(intrinsics, w, h), w2c, (h, w),
+                                   cfg.projected_points)
             clock.stop("project")
             return clock.attach(obs)
     finally:
@@ -295,11 +289,8 @@ def _project_between(obs: Observations, rec: pycolmap.Reconstruction, keys: np.n
         if not len(cand):
             continue
         for f in range(int(a) + 1, int(b)):
-            cam = xyz[cand] @ w2c[f, :, :3].T + w2c[f, :, 3]
-            z = cam[:, 2]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                u = intr_px[f, 0] * cam[:, 0] / z + intr_px[f, 2]
-                v = intr_px[f, 1] * cam[:, 1] / z + intr_px[f, 3]
+            uv, z = project(xyz[cand] @ w2c[f, :, :3].T + w2c[f, :, 3], intr_px[f])
+            u, v = uv[:, 0], uv[:, 1]
             ok = np.flatnonzero((z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h))
             if len(ok) > max_points:
                 ok = np.sort(rng.choice(ok, max_points, replace=False))
@@ -380,7 +371,7 @@ def triangulate_sequential(frames: np.ndarray, intrinsics: np.ndarray, w2c: np.n
             clock.stop("write_images")
 
             # One camera per distinct intrinsics (RealEstate10K clips normally share one).
-            intr_px = np.asarray(intrinsics, np.float64) * np.array([sw, sh, sw, sh])
+            intr_px = intrinsics_to_pixels(intrinsics, sw, sh)
             db_path = tmp / "database.db"
             clock.start()
             single = bool(np.allclose(intr_px, intr_px[0], rtol=1e-6, atol=1e-6))

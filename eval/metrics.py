@@ -1,11 +1,12 @@
-"""Camera-trajectory metrics as the RealCam-I2V / CamI2V evaluation computes them (reference §5.4).
+"""Camera-trajectory metrics as the RealCam-I2V / CamI2V evaluation computes them (``metric()``
+in the authors' ``evaluation/glomap_evaluation.py``).
 
 All inputs are camera-to-world poses ``[N, 3, 4]`` or ``[N, 4, 4]`` in the project's conventions
 (:mod:`annotate.camera`). Every metric first makes each trajectory relative to its frame 0
 (``inv(c2w[0]) @ c2w[i]``), then sums a per-frame error over all N frames (frame 0 included, where it
 is 0 for the rotation part by construction):
 
-- ``RotErr``: sum of the geodesic angle of ``R1^T R2`` in radians (the reference's
+- ``RotErr``: sum of the geodesic angle of ``R1^T R2`` in radians (the authors'
   ``acos(clamp((tr(R1^T R2) - 1) / 2))``, computed stably: see Numerics);
 - ``TransErr``: sum of ``||t2 - t1||_2``;
 - ``CamMC``: sum of the Frobenius norm of the ``[R|t]`` (3x4) difference.
@@ -20,14 +21,15 @@ camera-translation norm of a reference trajectory plus ``1e-9``:
   wrong metric scale of the prediction shows up as an error.
 
 Numerics: ``acos`` near 1 amplifies rounding (RealEstate10K rotations, orthonormal only to ~1e-8,
-gave ~1.5e-4 rad per frame for two *identical* trajectories with the reference's
-``acos((tr - 1) / 2)``). ``RotErr`` therefore takes the same geodesic angle as
+gave ~1.5e-4 rad per frame for two *identical* trajectories with the authors'
+``acos((tr - 1) / 2)``). ``RotErr`` therefore takes the same geodesic angle
+(:func:`annotate.camera.rotation_angle`) as
 ``atan2(|vee(M - M^T)| / 2, (tr M - 1) / 2)`` of ``M = R_gt^T R_pred``: equal to the acos formula for
 rotations (to ~1e-8 / theta for the files' non-orthonormality), well conditioned at 0 and pi, and
 exactly 0 for identical rotations (``M`` is then exactly symmetric). :func:`eval.trajectory.load_camera`
 also projects every rotation onto the nearest orthonormal one when it reads a camera file.
 
-The argument order follows the reference's ``metric(c2w_gt, c2w_pred)`` only in name: every metric
+The argument order follows the authors' ``metric(c2w_gt, c2w_pred)`` only in name: every metric
 here is symmetric except the absolute ones, which normalise by the ground truth.
 """
 
@@ -38,7 +40,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from annotate.camera import camera_centres, relative_to, scale_translation, to_4x4
+from annotate.camera import camera_centres, relative_to, rotation_angle, scale_translation, to_4x4
 
 NORM_EPS = 1e-9
 METRIC_NAMES = ("RotErr", "TransErr_rel", "CamMC_rel", "TransErr_abs", "CamMC_abs")
@@ -90,21 +92,10 @@ def check_scale(name: str, value: float) -> float:
     return v
 
 
-def geodesic_angle(r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
-    """Angle (radians) of ``R1^T R2`` as ``atan2(sin, cos)``: the geodesic angle for rotations, and exactly
-    0 for identical inputs, where ``acos((tr - 1) / 2)`` gives ~1e-4 for 9-decimal rotations."""
-    r1, r2 = np.asarray(r1, np.float64), np.asarray(r2, np.float64)
-    # Elementwise sum over k in one fixed order: m[i, j] and m[j, i] are the same sum when r1 == r2.
-    m = (r1[..., :, :, None] * r2[..., :, None, :]).sum(axis=-3)
-    vee = np.stack([m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1)
-    cos = (m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2] - 1.0) / 2.0
-    return np.arctan2(np.linalg.norm(vee, axis=-1) / 2.0, cos)
-
-
 def rot_err(pred_c2w: np.ndarray, gt_c2w: np.ndarray) -> float:
     """Sum over frames of the geodesic rotation angle (radians); poses are used as given."""
     pred, gt = _check_pair(pred_c2w, gt_c2w)
-    return float(geodesic_angle(gt[:, :3, :3], pred[:, :3, :3]).sum())
+    return float(rotation_angle(gt[:, :3, :3], pred[:, :3, :3]).sum())
 
 
 def trans_err(pred_c2w: np.ndarray, gt_c2w: np.ndarray) -> float:
@@ -151,7 +142,7 @@ def camera_metrics(pred_c2w: np.ndarray, gt_c2w: np.ndarray, pred_scale: float =
     The relative metrics compare ``pred_c2w`` with ``gt_c2w``. The absolute ones compare
     ``pred_abs_c2w`` (default ``pred_c2w``) times ``pred_scale`` with ``gt_abs_c2w`` (default
     ``gt_c2w``) times ``gt_scale``. The evaluation pipeline passes the RealEstate10K trajectory as
-    ``gt_c2w`` and the pose estimate of the ground-truth video as ``gt_abs_c2w`` (reference §5.4).
+    ``gt_c2w`` and the pose estimate of the ground-truth video as ``gt_abs_c2w`` (as the authors' ``metric()``).
     """
     rel = relative_metrics(pred_c2w, gt_c2w)
     ab = absolute_metrics(pred_c2w if pred_abs_c2w is None else pred_abs_c2w,

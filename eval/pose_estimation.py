@@ -1,6 +1,6 @@
 """Camera poses of a (generated or real) video with pycolmap's SIFT + GLOMAP, in process.
 
-Mirrors the reference evaluation (reference §5.2-5.5):
+Mirrors the authors' evaluation (``evaluation/glomap_evaluation.py``, ``utils/common.py``, ``utils/merge.py``):
 
 1. frames are written as ``000.png``, ``001.png``, ... to a temporary folder;
 2. SIFT extraction into a fresh database with one shared camera (``SIMPLE_PINHOLE`` with
@@ -17,7 +17,7 @@ Frames missing from the largest model make the trial fail (:class:`PoseEstimatio
 ``allow_unregistered`` is set, in which case they are reported in ``PoseEstimate.registered`` and
 their poses are NaN.
 
-Metric scale (reference §5.3): ``median(depth(frame 0)[keypoint] / z_cam)`` over the keypoints of
+Metric scale (as the authors' evaluation): ``median(depth(frame 0)[keypoint] / z_cam)`` over the keypoints of
 frame 0 that have a 3D point, where ``depth`` comes from any object with
 ``predict(frames uint8 [N,H,W,3]) -> float32 [N,H,W]`` metres (or a plain callable doing that).
 Keypoint coordinates are rescaled to the depth map's size and truncated to integers, as the reference
@@ -43,12 +43,13 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from annotate.camera import relative_to, w2c_to_c2w
+from annotate.camera import relative_to, scale_translation, w2c_to_c2w
+from annotate.depth import DepthPredictor
 from eval.log import logger
 
 
@@ -56,12 +57,7 @@ class PoseEstimationError(RuntimeError):
     """A reconstruction that failed or did not register every frame."""
 
 
-@runtime_checkable
-class DepthPredictorLike(Protocol):
-    def predict(self, frames: np.ndarray) -> np.ndarray: ...
-
-
-DepthSource = DepthPredictorLike | Callable[[np.ndarray], np.ndarray]
+DepthSource = DepthPredictor | Callable[[np.ndarray], np.ndarray]  # a depth predictor, or a plain function
 
 
 @dataclass
@@ -98,10 +94,8 @@ class PoseEstimate:
 
     def metric_c2w(self) -> np.ndarray:
         if self.metric_scale is None:
-            raise ValueError("no metric scale was estimated (no depth source given)")
-        out = self.c2w.copy()
-        out[:, :3, 3] *= self.metric_scale
-        return out
+            raise ValueError("no metric scale was estimated (no depth predictor given)")
+        return scale_translation(self.c2w, self.metric_scale)
 
 
 @dataclass
@@ -419,7 +413,7 @@ def aggregate_trials(per_video: dict[str, list[dict[str, float] | str]], metric_
 
     Mean and population std per metric are pooled over every successful trial of every video; a
     trial any of whose metrics deviates more than ``k_std`` std from the pooled mean is dropped; the
-    remaining trials of a video are averaged. NaN metrics (e.g. absolute ones without a depth source)
+    remaining trials of a video are averaged. NaN metrics (e.g. absolute ones without a depth predictor)
     take no part in the rule and stay NaN. A video with no successful (or no surviving) trial is
     ``ok=False`` with its errors listed.
     """
@@ -471,7 +465,7 @@ def summarize(aggregates: dict[str, VideoAggregate], metric_names: Sequence[str]
 
 
 __all__ = [
-    "DepthPredictorLike", "PoseEstimate", "PoseEstimationConfig", "PoseEstimationError", "TrialOutcome",
+    "DepthSource", "PoseEstimate", "PoseEstimationConfig", "PoseEstimationError", "TrialOutcome",
     "VideoAggregate", "VideoPoseEstimator", "aggregate_trials", "estimate_poses", "estimate_trials",
     "predict_depth0", "quiet_colmap", "scale_from_depth", "summarize",
 ]

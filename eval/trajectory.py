@@ -4,8 +4,9 @@ Two layouts are accepted, told apart by the first line:
 
 - a RealEstate10K camera file (first line a URL, then ``timestamp fx fy cx cy 0 0`` + 12 w2c values,
   intrinsics normalised), read with :func:`annotate.re10k.read_camera_file`;
-- the reference's ``camera_data/<name>.txt`` (reference §5.1): no URL line, one row of 18 numbers per
-  frame, ``fx fy cx cy 0 0`` in pixels of the crop followed by the 12 w2c values.
+- the authors' evaluation layout ``camera_data/<name>.txt``: no URL line, one row of 18 numbers per
+  frame, ``fx fy cx cy 0 0`` in pixels of the crop followed by the 12 w2c values, read with
+  :func:`annotate.re10k.parse_camera_data_text`.
 
 Both give a :class:`GroundTruthCamera` with c2w poses and intrinsics; ``intrinsics_normalized`` says
 whether the intrinsics still need the frame size (:func:`GroundTruthCamera.intrinsics_px`).
@@ -16,17 +17,20 @@ replaced by its nearest rotation (polar decomposition), so the metrics see true 
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from annotate.camera import intrinsics_to_pixels, orthonormality_error, w2c_to_c2w
-from annotate.re10k import DEFAULT_ROTATION_TOL, CameraFileError, read_camera_file
-
-CAMERA_DATA_COLUMNS = 18
+from annotate.camera import intrinsics_to_pixels, w2c_to_c2w
+from annotate.re10k import (
+    CAMERA_DATA_COLUMNS,
+    DEFAULT_ROTATION_TOL,
+    parse_camera_data_text,
+    parse_camera_text,
+    read_camera_text,
+)
 
 
 @dataclass
@@ -64,41 +68,10 @@ def _orthonormalized(w2c: np.ndarray) -> np.ndarray:
     return out
 
 
-def _read_camera_data(path: Path, text: str, rotation_tol: float) -> GroundTruthCamera:
-    rows = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        fields = line.split()
-        if len(fields) != CAMERA_DATA_COLUMNS:
-            raise CameraFileError(path, n, f"expected {CAMERA_DATA_COLUMNS} columns (camera_data layout), "
-                                           f"found {len(fields)}")
-        try:
-            vals = [float(f) for f in fields]
-        except ValueError:
-            raise CameraFileError(path, n, "non-numeric value") from None
-        if not all(math.isfinite(v) for v in vals):
-            raise CameraFileError(path, n, "non-finite value")
-        err = float(orthonormality_error(np.array(vals[6:]).reshape(3, 4)[:, :3]))
-        if err > rotation_tol:
-            raise CameraFileError(path, n, f"rotation is not orthonormal (error {err:.3g})")
-        rows.append(vals)
-    if not rows:
-        raise CameraFileError(path, None, "no pose lines")
-    arr = np.array(rows, np.float64)
-    intr = arr[:, :4].copy()
-    # The reference asserts pixel intrinsics (fx, fy > 10) in this layout; tolerate normalised ones.
-    return GroundTruthCamera(str(path), _orthonormalized(arr[:, 6:].reshape(-1, 3, 4)), intr,
-                             bool(np.all(intr[:, :2] < 10)))
-
-
 def load_camera(path: str | os.PathLike, rotation_tol: float = DEFAULT_ROTATION_TOL) -> GroundTruthCamera:
-    """Read a RealEstate10K camera file or a reference ``camera_data`` file (see module docstring)."""
+    """Read a RealEstate10K camera file or a ``camera_data`` file (see module docstring)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CameraFileError(path, None, f"cannot read ({e.__class__.__name__}: {e})") from None
+    text = read_camera_text(path)
     first = next((ln for ln in text.splitlines() if ln.strip()), "")
     try:
         [float(f) for f in first.split()]
@@ -106,6 +79,8 @@ def load_camera(path: str | os.PathLike, rotation_tol: float = DEFAULT_ROTATION_
     except ValueError:
         numeric_first = False
     if numeric_first and len(first.split()) == CAMERA_DATA_COLUMNS:
-        return _read_camera_data(path, text, rotation_tol)
-    traj = read_camera_file(path, rotation_tol)
+        intr, w2c = parse_camera_data_text(text, path, rotation_tol)
+        # The authors assert pixel intrinsics (fx, fy > 10) in this layout; tolerate normalised ones.
+        return GroundTruthCamera(str(path), _orthonormalized(w2c), intr, bool(np.all(intr[:, :2] < 10)))
+    traj = parse_camera_text(text, path, rotation_tol)
     return GroundTruthCamera(str(path), _orthonormalized(traj.w2c), traj.intrinsics, True)

@@ -1,26 +1,43 @@
-"""Camera conventions: property tests of poses and interpolation, hand-checked intrinsics and Plücker rays."""
+"""Camera conventions: property tests of poses and interpolation, hand-checked intrinsics, projections and
+Plücker rays, and the torch twins against the numpy functions."""
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from scipy.spatial.transform import Rotation
 
 from annotate.camera import (
     ResizeCrop,
+    backproject,
     c2w_to_w2c,
     interpolate_poses,
+    intrinsics_matrix,
+    intrinsics_matrix_torch,
     intrinsics_to_normalized,
     intrinsics_to_pixels,
     invert_rigid,
+    invert_rigid_torch,
+    look_at,
+    make_pose,
     metric_c2w,
     orthonormality_error,
     plucker_embedding,
+    project,
     quat_to_rotmat,
+    random_rotation,
     relative_to,
+    rot_x,
+    rot_y,
     rotation_angle,
+    rotmat_to_quat,
     scale_translation,
+    skew,
+    skew_torch,
     to_4x4,
+    unproject,
     w2c_to_c2w,
 )
 from annotate.re10k import read_camera_file
@@ -98,22 +115,24 @@ def test_intrinsics_pixels_round_trip_and_resize_crop():
 
 
 def test_plucker_hand_computed():
-    # Identity camera, f = 2, principal point at the image centre of a 4x4 image.
+    # Camera at x = 1, f = 2, principal point at the image centre of a 4x4 image.
     c2w = torch.eye(4)[None]
     c2w[0, :3, 3] = torch.tensor([1.0, 0, 0])
     intr = torch.tensor([[2.0, 2.0, 2.0, 2.0]])
     emb = plucker_embedding(c2w, intr, 4, 4)
     assert emb.shape == (1, 6, 4, 4)
+    assert plucker_embedding(c2w[0], intr[0], 4, 4).shape == (6, 4, 4)  # unbatched
     # Pixel (row 1, col 2) has centre (2.5, 1.5): direction (0.25, -0.25, 1) normalised.
     d = np.array([0.25, -0.25, 1.0]) / np.linalg.norm([0.25, -0.25, 1.0])
     np.testing.assert_allclose(emb[0, 3:, 1, 2].numpy(), d, atol=1e-6)
     np.testing.assert_allclose(emb[0, :3, 1, 2].numpy(), np.cross([1.0, 0, 0], d), atol=1e-6)
-    # Rotating the camera rotates the directions; moment stays o x d.
-    rot = torch.tensor(quat_to_rotmat(np.array([np.cos(0.3), 0, np.sin(0.3), 0])), dtype=torch.float32)
+    # A 90-degree turn about camera y: camera z (forward) becomes world x; the moment stays o x d.
+    rot = torch.tensor([[0.0, 0, 1], [0, 1, 0], [-1, 0, 0]])
     c2w2 = c2w.clone()
     c2w2[0, :3, :3] = rot
     emb2 = plucker_embedding(c2w2, intr, 4, 4)
     np.testing.assert_allclose(emb2[0, 3:, 1, 2].numpy(), rot.numpy() @ d, atol=1e-6)
+    np.testing.assert_allclose(emb2[0, :3, 1, 2].numpy(), np.cross([1.0, 0, 0], rot.numpy() @ d), atol=1e-6)
     dirs = emb2[0, 3:].reshape(3, -1).numpy()
     np.testing.assert_allclose(np.linalg.norm(dirs, axis=0), 1, atol=1e-6)
 
@@ -160,7 +179,109 @@ def test_interpolation_is_not_matrix_lerp_and_eases():
     np.testing.assert_allclose(eased[[0, -1]], np.stack([a, b]), atol=1e-12)
 
 
-def test_invert_rigid_matches_linalg():
-    rng = np.random.default_rng(0)
-    m = to_4x4(np.concatenate([quat_to_rotmat(rng.normal(size=(5, 4))), rng.normal(size=(5, 3, 1))], axis=2))
-    np.testing.assert_allclose(invert_rigid(m), np.linalg.inv(m), atol=1e-12)
+def _random_rigid(n: int, seed: int = 0) -> np.ndarray:
+    """Rigid transforms built with scipy and numpy only (independent of annotate.camera)."""
+    rng = np.random.default_rng(seed)
+    m = np.tile(np.eye(4), (n, 1, 1))
+    m[:, :3, :3] = Rotation.random(n, rng=rng).as_matrix()
+    m[:, :3, 3] = rng.normal(scale=3.0, size=(n, 3))
+    return m
+
+
+def test_closed_form_rigid_inverse_numpy_and_torch():
+    m = _random_rigid(16)
+    inv = invert_rigid(m)
+    np.testing.assert_allclose(inv, np.linalg.inv(m), atol=1e-12)
+    np.testing.assert_allclose(invert_rigid(m[:, :3, :]), inv, atol=0)  # 3x4 input
+    # The torch twin: the same numbers in float64, float32 to its precision; dtype kept, shape [..., 4, 4].
+    t64 = invert_rigid_torch(torch.from_numpy(m))
+    assert t64.dtype == torch.float64 and t64.shape == (16, 4, 4)
+    np.testing.assert_allclose(t64.numpy(), inv, atol=1e-12)
+    t32 = invert_rigid_torch(torch.from_numpy(m[:, :3, :]).float()[None])
+    assert t32.dtype == torch.float32 and t32.shape == (1, 16, 4, 4)
+    np.testing.assert_allclose(t32[0].numpy(), inv, atol=1e-5)
+
+
+def test_relative_to_frame_is_exactly_the_identity_for_rounded_rotations():
+    # Camera files keep 9 decimals, so R R^T = I only to ~1e-9; the reference frame is still exactly I.
+    c2w = _random_rigid(5, seed=1).round(9)
+    rel = relative_to(c2w, 2)
+    np.testing.assert_array_equal(rel[2], np.eye(4))
+    np.testing.assert_allclose(rel, np.linalg.inv(c2w[2])[None] @ c2w, atol=1e-8)
+
+
+def test_rotation_angle_matches_acos_where_acos_is_well_conditioned():
+    rng = np.random.default_rng(3)
+    r1, r2 = Rotation.random(200, rng=rng).as_matrix(), Rotation.random(200, rng=rng).as_matrix()
+    acos = np.arccos(np.clip((np.einsum("nji,nji->n", r1, r2) - 1) / 2, -1, 1))
+    ours = rotation_angle(r1, r2)
+    ok = (acos > 1e-3) & (acos < np.pi - 1e-3)
+    np.testing.assert_allclose(ours[ok], acos[ok], atol=1e-10)
+    # Near 0 and pi, where acos loses digits: a known tiny angle is recovered, identical inputs give exactly 0.
+    for theta in (1e-9, 1e-6, np.pi - 1e-7):
+        got = rotation_angle(np.eye(3), Rotation.from_euler("z", theta).as_matrix())
+        assert got == pytest.approx(theta, rel=1e-6)
+    rounded = r1.round(9)
+    assert not rotation_angle(rounded, rounded).any()
+
+
+def test_quaternions_known_values_and_round_trip():
+    # 90 degrees about y: (w, x, y, z) = (cos 45, 0, sin 45, 0); the matrix written out by hand.
+    ry90 = np.array([[0.0, 0, 1], [0, 1, 0], [-1, 0, 0]])
+    np.testing.assert_allclose(rotmat_to_quat(ry90), [np.sqrt(0.5), 0, np.sqrt(0.5), 0], atol=1e-15)
+    np.testing.assert_allclose(quat_to_rotmat(np.array([2.0, 0, 2.0, 0])), ry90, atol=1e-15)  # normalised first
+    np.testing.assert_allclose(rot_y(np.pi / 2), ry90, atol=1e-15)
+    rots = Rotation.random(50, rng=np.random.default_rng(4)).as_matrix().reshape(5, 10, 3, 3)
+    q = rotmat_to_quat(rots)
+    assert q.shape == (5, 10, 4) and (q[..., 0] >= 0).all()
+    np.testing.assert_allclose(np.linalg.norm(q, axis=-1), 1, atol=1e-12)
+    np.testing.assert_allclose(quat_to_rotmat(q), rots, atol=1e-12)
+    np.testing.assert_allclose(quat_to_rotmat(-q), rots, atol=1e-12)  # q and -q: the same rotation
+
+
+def test_random_rotation_is_the_synthetic_clips_historical_draw():
+    # The synthetic clips' world transform: four normal draws read as (w, x, y, z), the matrix by hand.
+    q = np.random.default_rng(7).normal(size=4)
+    w, x, y, z = q / np.linalg.norm(q)
+    want = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+    rng = np.random.default_rng(7)
+    np.testing.assert_allclose(random_rotation(rng), want, atol=1e-14)
+    assert rng.normal() == np.random.default_rng(7).normal(size=5)[4]  # exactly four draws consumed
+
+
+def test_axis_rotations_and_look_at_known_poses():
+    # Tilt up: rot_x(a) turns the optical axis (camera z) towards -y (up, since y points down).
+    np.testing.assert_allclose(rot_x(np.pi / 2) @ [0, 0, 1], [0, -1, 0], atol=1e-15)
+    np.testing.assert_allclose(rot_y(np.pi / 2) @ [0, 0, 1], [1, 0, 0], atol=1e-15)
+    # Looking from (1, 2, 3) along world +x, world -y up: camera x = world -z, y = world +y, z = world +x.
+    c2w = look_at([1.0, 2, 3], [5.0, 2, 3])
+    np.testing.assert_allclose(c2w[:3, :3], [[0, 0, 1], [0, 1, 0], [-1, 0, 0]], atol=1e-15)
+    np.testing.assert_allclose(c2w[:3, 3], [1, 2, 3])
+    np.testing.assert_array_equal(make_pose(np.eye(3), [1, 2, 3]), to_4x4(np.c_[np.eye(3), [1, 2, 3]]))
+    with pytest.raises(ValueError, match="coincide"):
+        look_at([0, 0, 0], [0, 0, 0])
+    with pytest.raises(ValueError, match="parallel"):
+        look_at([0, 0, 0], [0, -1, 0])
+
+
+def test_backproject_and_project_hand_computed():
+    intr = np.array([2.0, 4.0, 1.0, 1.0])  # fx, fy, cx, cy of a 2x2 image
+    depth = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    pts = backproject(depth, intr)
+    # Pixel (row 1, col 0): centre (0.5, 1.5) -> ((0.5 - 1) / 2 * 3, (1.5 - 1) / 4 * 3, 3).
+    np.testing.assert_allclose(pts[1, 0], [-0.75, 0.375, 3.0])
+    np.testing.assert_allclose(unproject(0.5, 1.5, 1.0, intr), [-0.25, 0.125, 1.0])
+    uv, z = project(pts, intr)
+    np.testing.assert_allclose(uv, np.stack(np.meshgrid([0.5, 1.5], [0.5, 1.5], indexing="xy"), -1), atol=1e-12)
+    np.testing.assert_allclose(z, depth)
+
+
+def test_torch_twins_match_numpy():
+    rng = np.random.default_rng(5)
+    intr = rng.uniform(10, 500, size=(3, 4))
+    np.testing.assert_array_equal(intrinsics_matrix_torch(torch.from_numpy(intr)).numpy(), intrinsics_matrix(intr))
+    t, v = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
+    np.testing.assert_allclose(skew(t) @ v[..., None], np.cross(t, v)[..., None], atol=1e-12)
+    np.testing.assert_array_equal(skew_torch(torch.from_numpy(t)).numpy(), skew(t))

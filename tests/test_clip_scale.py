@@ -195,15 +195,20 @@ def test_bilinear_sampling_convention():
     assert np.isnan(sample_bilinear(ramp, np.array([[3.25, 2.75]], np.float32))[0])
 
 
-def test_metric_cameras_match_contract_definition():
-    traj = read_camera_file(sorted((Path(__file__).parent / "fixtures/re10k_poses").glob("*.txt"))[0])
-    m = metric_c2w(traj.w2c, 1.7)
-    w2c = np.tile(np.eye(4), (len(traj), 1, 1))
-    w2c[:, :3] = traj.w2c
-    c2w = np.linalg.inv(w2c)
-    expect = np.linalg.inv(c2w[0])[None] @ c2w
-    expect[:, :3, 3] *= 1.7
-    np.testing.assert_allclose(m, expect, atol=1e-12)
+def test_metric_cameras_recover_the_rendered_trajectory(scale_clips):
+    # The camera files hold the rendered metric path in another world, shrunk by 1 / scale (annotate.synth);
+    # with the true scale, contract step 7 must give back the rendered path relative to frame 0.
+    truth = load_ground_truth(scale_clips)
+    for row in read_manifest_rows(scale_clips / "manifest.csv"):
+        gt = truth[row["clip_id"]]
+        traj = read_camera_file(scale_clips / row["pose_path"])
+        rendered = np.array(gt["c2w_metric_rel0"])
+        np.testing.assert_allclose(metric_c2w(traj.w2c, gt["scale"]), rendered, atol=1e-6)
+        # Relative to frame 3: that frame is the identity, the metric distances between cameras are the same.
+        m3 = metric_c2w(traj.w2c, gt["scale"], ref=3)
+        np.testing.assert_array_equal(m3[3], np.eye(4))
+        dist = lambda c: np.linalg.norm(c[:, None, :3, 3] - c[None, :, :3, 3], axis=-1)  # noqa: E731
+        np.testing.assert_allclose(dist(m3), dist(rendered), atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------ precomputed depth files

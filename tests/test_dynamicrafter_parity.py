@@ -61,10 +61,3 @@ def test_resampler_matches_original(parity):
     err = (y - out["resampler_out"]).abs().max().item()
     print(f"resampler_out: max abs err {err:.3e}")
     assert err < ATOL
-
-
-def test_every_input_matters(parity):
-    """Sanity of the fixture use: the per-frame split and fs really change the output."""
-    unet, _, inp, out = parity
-    assert (out["y"] - out["y_context_shared"]).abs().max() > 1e-2
-    assert (out["y"] - out["y_default_fs"]).abs().max() > 1e-3

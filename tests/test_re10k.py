@@ -5,15 +5,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annotate.re10k import CameraFileError, format_camera_text, read_camera_file, write_camera_file, youtube_id
+from annotate.re10k import (
+    CameraFileError,
+    format_camera_text,
+    parse_camera_data_text,
+    read_camera_file,
+    write_camera_file,
+    youtube_id,
+)
 
 from .conftest import RE10K_DIR
 
 REAL = sorted(RE10K_DIR.glob("*.txt"))
-
-
-def test_fixture_files_present():
-    assert len(REAL) == 6
 
 
 @pytest.mark.parametrize("path", REAL, ids=lambda p: p.stem)
@@ -135,3 +138,22 @@ def test_bad_intrinsics_fail_the_clip_before_its_video_is_read(tmp_path):
     rec = triangulate_stage(row, ClipConfig())
     assert rec["status"] == "failed"
     assert rec["error"] == f"malformed camera file: {pose}:3: focal length fx (column 2) is 0; it must be positive"
+
+
+def test_camera_data_layout_read_and_errors_name_file_and_line(tmp_path):
+    # The evaluation layout: 18 numbers a row, pixel intrinsics, 0 0, w2c; no URL, no timestamp.
+    traj = read_camera_file(REAL[0])
+    rows = [" ".join(f"{v:.9f}" for v in (*(i * 256), 0, 0, *w.reshape(-1))) for i, w in zip(traj.intrinsics, traj.w2c)]
+    path = tmp_path / "clip.txt"
+    path.write_text("\n".join(rows) + "\n")
+    intr, w2c = parse_camera_data_text(path.read_text(), path)
+    np.testing.assert_allclose(intr, traj.intrinsics * 256, atol=1e-9)
+    np.testing.assert_array_equal(w2c, traj.w2c)
+    fields = rows[1].split()
+    bad = [rows[0], " ".join(fields[:6] + ["x"] + fields[7:])]
+    with pytest.raises(CameraFileError, match=r"clip\.txt:2: column 7 'x' is not a number"):
+        parse_camera_data_text("\n".join(bad), path)
+    with pytest.raises(CameraFileError, match=r"clip\.txt:1: expected 18 columns \(camera_data layout\), found 19"):
+        parse_camera_data_text(rows[0] + " 1", path)
+    with pytest.raises(CameraFileError, match="no pose lines"):
+        parse_camera_data_text("\n\n", path)

@@ -1,4 +1,5 @@
-"""Camera plug-ins: Plücker rays and epipolar masks against hand-computed cases, zero-init, parameter counts."""
+"""Camera plug-ins: epipolar masks against hand-computed cases, zero-init, parameter counts (Plücker rays:
+tests/test_camera.py, beside annotate.camera.plucker_embedding)."""
 
 from __future__ import annotations
 
@@ -20,25 +21,6 @@ def translation(x=0.0, y=0.0, z=0.0) -> torch.Tensor:
     m = torch.eye(4)
     m[:3, 3] = torch.tensor([x, y, z])
     return m
-
-
-def test_plucker_hand_computed():
-    from annotate.camera import plucker_embedding
-
-    # 4x4 image, f = 2, c = 2: pixel (col 1, row 2) has centre (1.5, 2.5) -> ray (-0.25, 0.25, 1) in camera axes.
-    c2w = translation(1.0, 0.0, 0.0)
-    emb = plucker_embedding(c2w, torch.tensor([2.0, 2.0, 2.0, 2.0]), 4, 4)
-    assert emb.shape == (6, 4, 4)
-    d = torch.tensor([-0.25, 0.25, 1.0]) / math.sqrt(0.25**2 * 2 + 1)
-    o = torch.tensor([1.0, 0.0, 0.0])
-    torch.testing.assert_close(emb[3:, 2, 1], d)
-    torch.testing.assert_close(emb[:3, 2, 1], torch.linalg.cross(o, d))
-    # A 90-degree yaw rotates the direction: camera z (forward) becomes world x.
-    rot = torch.eye(4)
-    rot[:3, :3] = torch.tensor([[0.0, 0, 1], [0, 1, 0], [-1, 0, 0]])
-    emb = plucker_embedding(rot, torch.tensor([2.0, 2.0, 2.0, 2.0]), 4, 4)
-    torch.testing.assert_close(emb[3:, 2, 1], rot[:3, :3] @ d)
-    torch.testing.assert_close(emb[:3, 2, 1], torch.zeros(3))  # origin at 0: moment 0
 
 
 def _mask(c2w_b: torch.Tensor, hw=(8, 8), image=(64, 64), f=32.0):

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from annotate.camera import c2w_to_w2c, rotation_angle
+from annotate.camera import c2w_to_w2c, make_pose, rot_y, rotation_angle
 from annotate.clip import ClipConfig, DepthStage, finish_stage, resolve_paths, triangulate_stage
-from annotate.synth import load_ground_truth, look_rotation, pose, read_manifest_rows
+from annotate.synth import load_ground_truth, read_manifest_rows
 from annotate.triangulate import (
     SfmConfig,
     cpu_seconds,
@@ -79,7 +79,7 @@ def _turning_path(n=50):
     c2w = []
     for i in range(n):
         yaw = np.deg2rad(30) * np.clip((i - 20) / 15, 0, 1)
-        c2w.append(pose(look_rotation(np.array([np.sin(yaw), 0.0, np.cos(yaw)])), np.array([0, 0, 0.05 * i])))
+        c2w.append(make_pose(rot_y(yaw), [0, 0, 0.05 * i]))
     return c2w_to_w2c(np.stack(c2w))[:, :3]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from annotate.camera import plucker_embedding
+from annotate.camera import invert_rigid_torch, plucker_embedding
 
 from ..config import CameraConfig
 from ..dynamicrafter.unet import UNetModel, iter_temporal_blocks
@@ -54,7 +54,7 @@ class CameraPlugin(nn.Module):
         """c2w [b, F, 4, 4] relative (scaled) cameras, pixel intrinsics [b, F, 4] at image_hw."""
         cond = CameraCondition()
         if self.kind == "motionctrl":
-            cond.rt = torch.linalg.inv(c2w.float())[..., :3, :4].flatten(-2)
+            cond.rt = invert_rigid_torch(c2w.float())[..., :3, :4].flatten(-2)
             return cond
         height, width = image_hw
         with torch.no_grad():

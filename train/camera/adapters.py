@@ -2,7 +2,7 @@
 
 A temporal block then computes ``x = x + attn1(n) + adapter(n, cond, site)`` with ``n = norm1(x)``
 (tokens ``[(b h w), t, c]``), which is CamI2V's ``add_to_main_branch``: with p the pose feature of the block's
-level, ``adapter = PlückerProj(n + p) + Epipolar(n + p)`` (reference §3.3).
+level, ``adapter = PlückerProj(n + p) + Epipolar(n + p)`` (the authors' ``CameraControl/CamI2V/*``).
 """
 
 from __future__ import annotations

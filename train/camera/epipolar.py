@@ -1,4 +1,4 @@
-"""Hard epipolar masks and the epipolar cross-frame attention of CamI2V (reference §3.3).
+"""Hard epipolar masks and the epipolar cross-frame attention of CamI2V (the authors' ``CameraControl/CamI2V/*``).
 
 Mask: for query pixel x in frame i and key frame j, with T_ij = inv(c2w_j) @ c2w_i = [R | t],
 E = [t]x R, F = K_j^-T E K_i^-1, the line l = F x (normalised by |(l1, l2)|) and key pixel x' of frame j is
@@ -19,22 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def skew(t: torch.Tensor) -> torch.Tensor:
-    z = torch.zeros_like(t[..., 0])
-    return torch.stack([
-        torch.stack([z, -t[..., 2], t[..., 1]], -1),
-        torch.stack([t[..., 2], z, -t[..., 0]], -1),
-        torch.stack([-t[..., 1], t[..., 0], z], -1),
-    ], -2)
-
-
-def intrinsics_matrix(intr_px: torch.Tensor) -> torch.Tensor:
-    k = torch.zeros(*intr_px.shape[:-1], 3, 3, dtype=intr_px.dtype, device=intr_px.device)
-    k[..., 0, 0], k[..., 1, 1] = intr_px[..., 0], intr_px[..., 1]
-    k[..., 0, 2], k[..., 1, 2] = intr_px[..., 2], intr_px[..., 3]
-    k[..., 2, 2] = 1
-    return k
+from annotate.camera import intrinsics_matrix_torch, invert_rigid_torch, skew_torch
 
 
 @torch.no_grad()
@@ -46,14 +31,14 @@ def epipolar_mask(c2w: torch.Tensor, intr_px: torch.Tensor, feat_hw: tuple[int, 
     b, f = c2w.shape[:2]
     (h, w), (ih, iw) = feat_hw, image_hw
     dy, dx = ih / h, iw / w
-    rel = torch.linalg.inv(c2w)[:, None, :, :, :] @ c2w[:, :, None]  # [b, i, j]: camera i -> camera j
+    rel = invert_rigid_torch(c2w)[:, None, :, :, :] @ c2w[:, :, None]  # [b, i, j]: camera i -> camera j
     rot, t = rel[..., :3, :3], rel[..., :3, 3]
     zero = t.norm(dim=-1) < 1e-9
     if zero.any():
         noise = torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device) * 1e-6
         t = torch.where(zero[..., None], noise, t)
-    kinv = torch.linalg.inv(intrinsics_matrix(intr_px))  # [b, F, 3, 3]
-    fmat = kinv[:, None].transpose(-1, -2) @ skew(t) @ rot @ kinv[:, :, None]  # K_j^-T [t]x R K_i^-1
+    kinv = torch.linalg.inv(intrinsics_matrix_torch(intr_px))  # [b, F, 3, 3]
+    fmat = kinv[:, None].transpose(-1, -2) @ skew_torch(t) @ rot @ kinv[:, :, None]  # K_j^-T [t]x R K_i^-1
     v, u = torch.meshgrid((torch.arange(h, dtype=c2w.dtype, device=c2w.device) + 0.5) * dy,
                           (torch.arange(w, dtype=c2w.dtype, device=c2w.device) + 0.5) * dx, indexing="ij")
     x = torch.stack([u.reshape(-1), v.reshape(-1), torch.ones(h * w, dtype=c2w.dtype, device=c2w.device)], -1)

@@ -1,4 +1,5 @@
-"""Input concatenation modes (RealCam-I2V §3.4, Fig. 6): which clean latent frames the UNet gets as conditions.
+"""Input concatenation modes (the RealCam-I2V paper, §3.4 and Fig. 6): which clean latent frames the UNet gets
+as conditions.
 
 DynamiCrafter's hybrid conditioning channel-concatenates a 4-channel "condition video" to the noisy latents.
 The mode decides what that condition video holds:

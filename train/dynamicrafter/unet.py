@@ -8,7 +8,6 @@ transformer right after the input conv. The frame stride / fps `fs` is embedded 
 Extension points for the trainer:
 - `adapter_cond`: passed to every temporal BasicTransformerBlock's `attn1_adapter` (see attention.py),
   except in `init_attn`. `iter_temporal_blocks(unet)` lists the blocks with their feature level.
-- `features_adapter`: the original T2I-adapter style list, added after every third input block.
 """
 
 from __future__ import annotations
@@ -236,7 +235,6 @@ class UNetModel(nn.Module):
         timesteps: torch.Tensor,
         context: torch.Tensor,
         fs: torch.Tensor | int | None = None,
-        features_adapter: list[torch.Tensor] | None = None,
         adapter_cond: Any = None,
     ) -> torch.Tensor:
         """x [b, c_in, t, h, w], timesteps [b], context [b, L, context_dim], fs [b] or int -> [b, c_out, t, h, w]."""
@@ -253,14 +251,10 @@ class UNetModel(nn.Module):
 
         hs = x.transpose(1, 2).reshape(b * t, -1, h, w)
         skips = []
-        adapter_idx = 0
         for i, block in enumerate(self.input_blocks):
             hs = block(hs, emb, context, b, adapter_cond)
             if i == 0 and self.cfg.addition_attention:
                 hs = self.init_attn(hs, emb, context, b)
-            if features_adapter is not None and (i + 1) % 3 == 0:
-                hs = hs + features_adapter[adapter_idx]
-                adapter_idx += 1
             skips.append(hs)
         hs = self.middle_block(hs, emb, context, b, adapter_cond)
         for block in self.output_blocks:

@@ -1,9 +1,10 @@
 """The 3D scene of one image: model-size crop, intrinsics, metric point cloud, z-buffered point splatting.
 
 Conventions are :mod:`annotate.camera`'s (OpenCV axes, pixel centres at +0.5). The world is the condition
-camera's frame (its c2w is the identity), in metres. The reference (§4.1) renders with Open3D inside a virtual
-display; here every point is splatted as a ``point_size`` x ``point_size`` pixel square around its projection
-and the nearest depth wins per pixel (numpy, no display). Pixels where nothing lands stay black, which is
+camera's frame (its c2w is the identity), in metres. The authors' preview (``construct_3D_scene``,
+``demo/preview.py``) renders with Open3D inside a virtual display; here every point is splatted as a
+``point_size`` x ``point_size`` pixel square around its projection and the nearest depth wins per pixel
+(numpy, no display). Pixels where nothing lands stay black, which is
 what the noise-shaping mask keys on.
 """
 
@@ -89,7 +90,7 @@ class PointCloud:
 
 
 def statistical_outliers(xyz: np.ndarray, nb_neighbors: int = 16, std_ratio: float = 3.0) -> np.ndarray:
-    """Open3D-style statistical outlier removal (reference §4.1: 16 neighbours, 3 std): keep-mask of points
+    """Open3D-style statistical outlier removal (as the authors' preview: 16 neighbours, 3 std): keep-mask of points
     whose mean distance to their nb_neighbors nearest points is <= mean + std_ratio * std over the cloud."""
     from scipy.spatial import cKDTree
 
