@@ -14,19 +14,25 @@ def main(argv: list[str] | None = None) -> int:
 
         synth.main(argv[1:])
         return 0
-    from annotate import extract, fetch, imports, index, job, report
+    from annotate import extract, fetch, imports, index, report
+    from annotate import job_cli as job
+    from annotate.config import HelpFormatter
 
     p = argparse.ArgumentParser(prog="python -m annotate",
                                 description="Absolute-scale camera annotation of RealEstate10K-style clips.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    fetch.add_arguments(sub.add_parser("fetch", help="download the videos of the camera files (yt-dlp)"))
-    extract.add_arguments(sub.add_parser("extract", help="cut downloaded videos at the camera files' timestamps"))
-    index.add_arguments(sub.add_parser("index", help="build a clip manifest from a RealEstate10K download"))
-    imports.add_arguments(sub.add_parser("import-colmap", help="a COLMAP model as a RealEstate10K clip"), "colmap")
-    imports.add_arguments(sub.add_parser("import-nerfstudio", help="a nerfstudio transforms.json as a "
-                                         "RealEstate10K clip"), "nerfstudio")
-    job.add_arguments(sub.add_parser("run", help="annotate a clip manifest with Ray (resumable)"))
-    report.add_arguments(sub.add_parser("report", help="counts, failure reasons and plots of an output folder"))
+
+    def cmd(name: str, text: str) -> argparse.ArgumentParser:  # every command's --help shows the defaults
+        return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+
+    fetch.add_arguments(cmd("fetch", "download the videos of the camera files (yt-dlp)"))
+    extract.add_arguments(cmd("extract", "cut downloaded videos at the camera files' timestamps"))
+    index.add_arguments(cmd("index", "build a clip manifest from a RealEstate10K download"))
+    imports.add_arguments(cmd("import-colmap", "a COLMAP model as a RealEstate10K clip"), "colmap")
+    imports.add_arguments(cmd("import-nerfstudio", "a nerfstudio transforms.json as a RealEstate10K clip"),
+                          "nerfstudio")
+    job.add_arguments(cmd("run", "annotate a clip manifest with Ray (resumable); every config key below"))
+    report.add_arguments(cmd("report", "counts, failure reasons and plots of an output folder"))
     sub.add_parser("synth", help="synthetic clips with ground truth (see python -m annotate synth -h)")
     args, extra = p.parse_known_args(argv)
     if args.cmd == "run":  # key=value overrides may also come after the options

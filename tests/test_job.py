@@ -271,15 +271,32 @@ def test_local_ray_loopback_only_sigkill_leaves_nothing_then_resume(annot_sample
     validate(out, manifest)
 
 
-def test_worker_crash_is_a_failed_row_then_retry_failed(annot_sample, tmp_path):
+FAULT_INJECTION = Path(__file__).parent / "fault_injection"  # test-only sitecustomize for the Ray workers
+
+
+@pytest.fixture
+def crash_workers_on(monkeypatch):
+    """Make the Ray workers of the next local Ray die (os._exit) when they triangulate the given clips."""
+
+    def arm(*clip_ids: str) -> None:
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(FAULT_INJECTION),
+                                                                      os.environ.get("PYTHONPATH")])))
+        monkeypatch.setenv("REALCAM_TEST_CRASH_IDS", ",".join(clip_ids))
+
+    return arm
+
+
+def test_worker_crash_is_a_failed_row_then_retry_failed(annot_sample, tmp_path, crash_workers_on, monkeypatch):
     rows = good_rows(annot_sample, 2)
     manifest = tmp_path / "two.csv"
     write_manifest([{**r, **{k: str(annot_sample / r[k]) for k in ("pose_path", "video_path", "depth_path")}}
                     for r in rows], manifest)
     out = tmp_path / "out"
-    cfg = small_cfg(debug_crash_ids=[rows[1]["clip_id"]])
+    crash_workers_on(rows[1]["clip_id"])
+    cfg = small_cfg()
     cfg.ray.max_retries = 1
     res = run(manifest, out, cfg)
+    monkeypatch.delenv("REALCAM_TEST_CRASH_IDS")  # the retry below runs on a fresh local Ray without it
     assert res["worker_crashed"] == 1
     got = rows_by_id(out)
     assert got[rows[0]["clip_id"]]["status"] == "ok"
