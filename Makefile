@@ -76,6 +76,9 @@ bench-eval: $(STAMP) ## video-trials per CPU-hour of `eval run` and the full pro
 train: $(STAMP) ## RealCam-I2V 256 on 8xH100 (DeepSpeed ZeRO-1, fp16); CONFIG=... ARGS="key=value ..."
 	$(VENV)/bin/accelerate launch --config_file train/configs/accelerate_8xh100.yaml -m train --config $(or $(CONFIG),train/configs/realcam_256_8xh100.yaml) $(ARGS)
 
+check-assets: $(STAMP) ## preflight of a trainer preset alone (inputs, checkpoint, launch): CONFIG=... ARGS="key=value ..."
+	$(PY) -m train --check --config $(or $(CONFIG),train/configs/realcam_256_8xh100.yaml) $(ARGS)
+
 train-tiny: $(STAMP) ## tiny preset on the CPU over the sample annotations (runs `make annotate` if needed)
 	@[ -d $(OUT)/clips ] || $(MAKE) annotate ARGS=
 	$(PY) -m train --config train/configs/tiny.yaml data.annotation_dir=$(OUT) data.manifest=$(SAMPLE)/manifest.csv $(ARGS)
@@ -94,4 +97,4 @@ eval: $(STAMP) ## generate the test set, score it, Table 1 -> $(EVAL_OUT); ARGS=
 clean: ## remove outputs (keeps .venv)
 	rm -rf outputs bench .pytest_cache
 
-.PHONY: help install test lint sample annotate report bench-annotate bench-job bench-extract bench-backbone bench-gpu bench-train bench-eval train train-tiny eval clean
+.PHONY: help install test lint sample annotate report bench-annotate bench-job bench-extract bench-backbone bench-gpu bench-train bench-eval train check-assets train-tiny eval clean

@@ -207,7 +207,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     already say its default."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if "default" in (action.help or "").lower():
+        if "default" in (action.help or "").lower() or action.required or action.default in (None, ""):
             return action.help or ""
         return super()._get_help_string(action)
 
@@ -337,3 +337,41 @@ def add_config_arguments(p: argparse.ArgumentParser, cls: type, config_help: str
 def print_config(cfg: Any, stream: typing.TextIO | None = None) -> None:
     """The resolved config as YAML (loadable as a preset: ``--config`` of the printed file gives ``cfg``)."""
     (stream or sys.stdout).write(dump_yaml(cfg))
+
+
+def add_flags(p: argparse.ArgumentParser, cls: type, rename: dict[str, str] | None = None,
+              negate: dict[str, str] | None = None, required: tuple[str, ...] = ()) -> None:
+    """One ``--option`` per field of a flat dataclass config: type, default, choices and help from the class
+    (help: the field's comment). ``rename``: field -> option name; ``negate``: bool field that defaults to true
+    -> its ``--no-...`` switch. :func:`from_flags` turns the parsed namespace back into the config."""
+    rename, negate = rename or {}, negate or {}
+    hints = typing.get_type_hints(cls)
+    notes = _source_comments(cls)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    p.formatter_class = HelpFormatter
+    for f in dataclasses.fields(cls):
+        tp, text = hints[f.name], notes.get(f.name, "")
+        if f.name in negate:
+            p.add_argument(negate[f.name], dest=f.name, action="store_false", help=f"not: {text or f.name}")
+            continue
+        flag = rename.get(f.name, "--" + f.name.replace("_", "-"))
+        if tp is bool:
+            p.add_argument(flag, dest=f.name, action="store_true", help=text)
+            continue
+        kw: dict[str, Any] = {"dest": f.name, "help": text, "metavar": flag.lstrip("-").replace("-", "_").upper()}
+        if f.name in required:
+            kw["required"] = True
+        else:
+            kw["default"] = defaults[f.name]
+        choices = _choices(tp)
+        if choices:
+            kw["choices"] = choices
+        base = next((a for a in (tp, *typing.get_args(tp)) if a in (int, float)), None)
+        if base is not None:
+            kw["type"] = base
+        p.add_argument(flag, **kw)
+
+
+def from_flags(cls: type[T], args: argparse.Namespace) -> T:
+    """The config of :func:`add_flags`' options."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})

@@ -30,7 +30,8 @@ def _add_pose_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pose estimation")
     g.add_argument("--trials", type=int, default=5, help="trials per video (default 5)")
     g.add_argument("--seed", type=int, default=0, help="seed of trial 0; trial k uses seed + k")
-    g.add_argument("--camera-model", choices=["SIMPLE_PINHOLE", "PINHOLE"], default="SIMPLE_PINHOLE")
+    g.add_argument("--camera-model", choices=["SIMPLE_PINHOLE", "PINHOLE"], default="SIMPLE_PINHOLE",
+                   help="COLMAP camera model of the pose estimation")
     g.add_argument("--no-affine", action="store_true",
                    help="plain SIFT (no affine shape / domain-size pooling; faster, differs from the reference)")
     g.add_argument("--overlap", type=int, default=10, help="sequential matching overlap")
@@ -39,7 +40,7 @@ def _add_pose_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--depth-model", default=None,
                    help="Depth Anything V2 metric model (hub id or local folder) for the metric scale; "
                         "without it the absolute metrics are not computed")
-    g.add_argument("--depth-device", default="auto")
+    g.add_argument("--depth-device", default="auto", help="device of the depth model (auto: cuda when available)")
 
 
 def _pose_config(a: argparse.Namespace):
@@ -63,9 +64,9 @@ def _add_fvd_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--videogpt-i3d", default=None, help="path to i3d_pretrained_400.pt (FVD_videogpt)")
     g.add_argument("--styleganv-i3d", default=None, help="path to the StyleGAN-V i3d_torchscript.pt (FVD_styleganv)")
     g.add_argument("--num-frames", type=int, default=None, help="first N frames of every video (default all)")
-    g.add_argument("--fvd-batch", type=int, default=16)
+    g.add_argument("--fvd-batch", type=int, default=16, help="videos per I3D batch")
     g.add_argument("--device", default="auto", help="FVD device: auto (cuda when available, batched), cpu, cuda:N")
-    g.add_argument("--fvd-method", choices=["svd", "sqrtm"], default="svd")
+    g.add_argument("--fvd-method", choices=["svd", "sqrtm"], default="svd", help="matrix square root of the FVD")
 
 
 def _fvd_config(a: argparse.Namespace):
@@ -152,8 +153,14 @@ def cmd_fvd(a: argparse.Namespace) -> int:
 
 def cmd_run(a: argparse.Namespace) -> int:
     from annotate.job import RayConfig
+    from annotate.preflight import PreflightError, report
+    from eval.preflight import check_run
     from eval.run import EvalRunConfig, run_evaluation
 
+    try:
+        check_run(a).raise_if_any()  # before a depth model or Ray starts and before --out is created
+    except PreflightError as e:
+        return report(e)
     fvd = _fvd_config(a)
     cfg = EvalRunConfig(exp_dir=a.exp_dir, out_dir=a.out, num_trials=a.trials, base_seed=a.seed, k_std=a.k_std,
                         limit=a.limit, poses=not a.fvd_only, pose=_pose_config(a), fvd=fvd if fvd.variants else None,
@@ -177,18 +184,23 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from annotate.config import HelpFormatter
+
     p = argparse.ArgumentParser(prog="python -m eval", description="RealCam evaluation: camera metrics, FVD, reports")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="info logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("camera-metrics", help="RotErr/TransErr/CamMC between two camera files")
+    def add(name: str, help: str) -> argparse.ArgumentParser:  # every command's --help shows the defaults
+        return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+
+    s = add("camera-metrics", help="RotErr/TransErr/CamMC between two camera files")
     s.add_argument("pred", help="predicted trajectory (RealEstate10K camera file or camera_data txt)")
     s.add_argument("gt", help="ground-truth trajectory (same number of frames)")
     s.add_argument("--pred-scale", type=float, default=1.0, help="metres per unit of PRED (default: already metric)")
     s.add_argument("--gt-scale", type=float, default=1.0, help="metres per unit of GT (default: already metric)")
     s.set_defaults(func=cmd_camera_metrics)
 
-    s = sub.add_parser("estimate-poses", help="SIFT + GLOMAP trials of one video")
+    s = add("estimate-poses", help="SIFT + GLOMAP trials of one video")
     s.add_argument("video", help="mp4 or folder of frames")
     s.add_argument("camera", help="its camera file (intrinsics and the ground truth the metrics use)")
     s.add_argument("--out", default=None, help="also write the JSON here")
@@ -196,9 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pose_args(s)
     s.set_defaults(func=cmd_estimate_poses)
 
-    s = sub.add_parser("fvd", help="FVD between two folders of videos")
-    s.add_argument("real")
-    s.add_argument("fake")
+    s = add("fvd", help="FVD between two folders of videos")
+    s.add_argument("real", help="folder of real videos")
+    s.add_argument("fake", help="folder of generated videos")
     _add_fvd_args(s)
     s.set_defaults(func=cmd_fvd)
 
@@ -206,13 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_generate_parser(sub)
 
-    s = sub.add_parser("run", help="evaluate EXP_DIR (samples/, gt_video/, camera_data/)")
-    s.add_argument("exp_dir")
+    s = add("run", help="evaluate EXP_DIR (samples/, gt_video/, camera_data/)")
+    s.add_argument("exp_dir", help="experiment folder: samples/, gt_video/, camera_data/ (eval generate)")
     s.add_argument("--out", required=True, help="results folder")
     s.add_argument("--k-std", type=float, default=10.0, help="outlier rule: drop trials > k pooled std off")
     s.add_argument("--limit", type=int, default=None, help="only the first N clips")
     s.add_argument("--fvd-only", action="store_true", help="skip pose estimation")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = s.add_argument_group("distribution and resume (see eval.trials)")
     g.add_argument("--cache", default=None,
                    help="ground-truth trial cache shared by experiments (default: OUT/../gt_cache)")
@@ -228,11 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fvd_args(s)
     s.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("report", help="Table-1 style Markdown/CSV and plots from results folders")
+    s = add("report", help="Table-1 style Markdown/CSV and plots from results folders")
     s.add_argument("results", nargs="+", help="results folders written by `run`")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="folder of table.md, table.csv and plots/")
     s.add_argument("--names", nargs="+", default=None, help="row labels (default: folder names)")
-    s.add_argument("--no-plots", action="store_true")
+    s.add_argument("--no-plots", action="store_true", help="tables only")
     s.set_defaults(func=cmd_report)
     return p
 

@@ -33,6 +33,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -46,38 +47,38 @@ SUBDIRS = ("samples", "gt_video", "camera_data")
 
 @dataclass
 class GenerateConfig:
-    out_dir: str
-    annotation_dir: str
-    manifest: str
-    checkpoint: str = ""  # DynamiCrafter model.ckpt / converted folder ("" only with tiny)
+    out_dir: str  # experiment folder (what `eval run` reads)
+    annotation_dir: str  # annotation folder (clips/*.parquet)
+    manifest: str  # the annotation job's manifest (clip_id -> video_path)
+    checkpoint: str = ""  # DynamiCrafter model.ckpt / .safetensors / converted folder ("" only with tiny)
     plugin: str = ""  # plugin.safetensors, checkpoint or run folder; "" = backbone only (tiny: a fresh RealCam one)
     config: str = ""  # backbone preset or yaml ("" = detected)
-    tokenizer: str = ""
-    tiny: bool = False
-    split: str = "test"
+    tokenizer: str = ""  # CLIP tokenizer folder (vocab.json, merges.txt)
+    tiny: bool = False  # random tiny backbone + fresh plug-in (CI, smoke runs)
+    split: str = "test"  # split of the annotation folder to evaluate
     limit: int = 1000  # first N clips in sorted order (0 = all)
     clips: str = ""  # file with clip ids, one per line (that order); overrides the sorted order
     captions: str = ""  # CSV or JSON as train/data.py reads
-    frames: int = 16
-    stride: int = 8
+    frames: int = 16  # frames per video
+    stride: int = 8  # frame stride of the ground-truth clip
     height: int | None = None  # None: 256 (tiny: the tiny model's size)
-    width: int | None = None
-    steps: int | None = None  # None: 25 (tiny: the tiny model's)
-    cfg_scale: float = 7.5
-    guidance_rescale: float = 0.7
-    camera_cfg: float = 1.0
-    eta: float = 1.0
-    spacing: str = "uniform_trailing"
-    noise_shaping: str = "auto"  # auto (RealCam plug-ins) | on | off
-    shaping_threshold: int = 900
-    depth: str = "auto"  # model (Depth Anything) | manifest (the manifest's depth_path) | auto (tiny: manifest)
-    depth_model: str = ""  # hub id or folder ("" = annotate.depth.DEFAULT_MODEL)
-    batch_size: int = 4
-    seed: int = 12333
-    device: str = "auto"
-    dtype: str = "auto"  # auto: bf16/fp16 on CUDA, fp32 on the CPU
-    fps: float = 8.0
-    show_progress: bool = True
+    width: int | None = None  # None: 256 (tiny: the tiny model's size)
+    steps: int | None = None  # DDIM steps; None: 25 (tiny: the tiny model's)
+    cfg_scale: float = 7.5  # classifier-free guidance scale
+    guidance_rescale: float = 0.7  # CFG rescale
+    camera_cfg: float = 1.0  # camera CFG (only 1.0, the paper's, is implemented)
+    eta: float = 1.0  # DDIM eta
+    spacing: Literal["uniform", "uniform_trailing"] = "uniform_trailing"  # DDIM timestep spacing
+    noise_shaping: Literal["auto", "on", "off"] = "auto"  # auto: on for RealCam plug-ins
+    shaping_threshold: int = 900  # shape the noise while t >= this
+    depth: Literal["auto", "model", "manifest"] = "auto"  # noise shaping's depth (auto: manifest with tiny, else model)
+    depth_model: str = ""  # Depth Anything V2 metric hub id or folder ("" = annotate.depth.DEFAULT_MODEL)
+    batch_size: int = 4  # clips per DDIM run
+    seed: int = 12333  # sampling seed
+    device: str = "auto"  # auto: cuda (this process's LOCAL_RANK) when available, else cpu
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on the CPU
+    fps: float = 8.0  # fps of the written videos
+    show_progress: bool = True  # progress bar
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -308,53 +309,35 @@ def _uint8_frame0(sample: dict) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ command line
 
 
+FLAGS = {"out_dir": "--out", "annotation_dir": "--annotations", "cfg_scale": "--cfg"}  # the historical names
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
-    """The ``generate`` subcommand of ``python -m eval``."""
-    d = GenerateConfig("", "", "")
-    s = sub.add_parser("generate", help="generate samples/, gt_video/, camera_data/ for `run` (paper protocol)")
-    s.add_argument("--out", required=True, help="experiment folder (what `eval run` reads)")
-    s.add_argument("--annotations", required=True, help="annotation folder (clips/*.parquet)")
-    s.add_argument("--manifest", required=True, help="the annotation job's manifest (clip_id -> video_path)")
-    s.add_argument("--checkpoint", default="", help="DynamiCrafter model.ckpt / .safetensors / converted folder")
-    s.add_argument("--plugin", default="", help="camera plug-in (file, checkpoint or run folder)")
-    s.add_argument("--config", default="", help="backbone preset or yaml")
-    s.add_argument("--tokenizer", default="")
-    s.add_argument("--tiny", action="store_true", help="random tiny backbone + fresh plug-in (CI, smoke runs)")
-    s.add_argument("--split", default=d.split)
-    s.add_argument("--limit", type=int, default=d.limit, help="first N clips in sorted order (0 = all)")
-    s.add_argument("--clips", default="", help="file of clip ids (one a line) instead of the sorted order")
-    s.add_argument("--captions", default="")
-    s.add_argument("--frames", type=int, default=d.frames)
-    s.add_argument("--stride", type=int, default=d.stride)
-    s.add_argument("--height", type=int, default=None)
-    s.add_argument("--width", type=int, default=None)
-    s.add_argument("--steps", type=int, default=None)
-    s.add_argument("--cfg", type=float, default=d.cfg_scale)
-    s.add_argument("--guidance-rescale", type=float, default=d.guidance_rescale)
-    s.add_argument("--camera-cfg", type=float, default=d.camera_cfg)
-    s.add_argument("--noise-shaping", choices=("auto", "on", "off"), default=d.noise_shaping)
-    s.add_argument("--shaping-threshold", type=int, default=d.shaping_threshold)
-    s.add_argument("--depth", choices=("auto", "model", "manifest"), default=d.depth)
-    s.add_argument("--depth-model", default="")
-    s.add_argument("--batch-size", type=int, default=d.batch_size)
-    s.add_argument("--seed", type=int, default=d.seed)
-    s.add_argument("--device", default=d.device)
-    s.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default=d.dtype)
-    s.add_argument("--no-progress", action="store_true")
+    """The ``generate`` subcommand of ``python -m eval``: one option per :class:`GenerateConfig` field."""
+    from annotate.config import add_flags
+
+    s = sub.add_parser("generate", help="generate samples/, gt_video/, camera_data/ for `run` (paper protocol)",
+                       description=__doc__.split("\n\n")[0])
+    add_flags(s, GenerateConfig, rename=FLAGS, negate={"show_progress": "--no-progress"},
+              required=("out_dir", "annotation_dir", "manifest"))
+    s.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     s.set_defaults(func=cmd_generate)
     return s
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    cfg = GenerateConfig(
-        out_dir=a.out, annotation_dir=a.annotations, manifest=a.manifest, checkpoint=a.checkpoint, plugin=a.plugin,
-        config=a.config, tokenizer=a.tokenizer, tiny=a.tiny, split=a.split, limit=a.limit, clips=a.clips,
-        captions=a.captions, frames=a.frames, stride=a.stride, height=a.height, width=a.width, steps=a.steps,
-        cfg_scale=a.cfg, guidance_rescale=a.guidance_rescale, camera_cfg=a.camera_cfg, noise_shaping=a.noise_shaping,
-        shaping_threshold=a.shaping_threshold, depth=a.depth, depth_model=a.depth_model, batch_size=a.batch_size,
-        seed=a.seed, device=a.device, dtype=a.dtype, show_progress=not a.no_progress)
-    if not cfg.tiny and not cfg.checkpoint:
-        raise ValueError("give --checkpoint (or --tiny for the random test model)")
+    from annotate.config import from_flags, print_config
+    from annotate.preflight import PreflightError, report
+    from eval.preflight import check_generate
+
+    cfg = from_flags(GenerateConfig, a)
+    if a.print_config:
+        print_config(cfg)
+        return 0
+    try:
+        check_generate(cfg).raise_if_any()  # before the model loads and before --out is created
+    except PreflightError as e:
+        return report(e)
     result = run_generate(cfg)
     print(json.dumps(result, indent=1))
     return 0

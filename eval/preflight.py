@@ -1,0 +1,85 @@
+"""Preflight of ``python -m eval generate`` and ``python -m eval run``: every input exists with the expected kind
+before a model, Ray or a process group starts and before the output folder is created (annotate/preflight.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from annotate.preflight import (
+    Problems,
+    need_annotation_dir,
+    need_file,
+    need_folder,
+    need_manifest,
+    need_output_folder,
+    need_tokenizer,
+)
+
+ASSETS = "train/assets.md"
+
+
+def _looks_local(spec: str) -> bool:
+    return spec.startswith(("/", "./", "../", "~")) or Path(spec).exists()
+
+
+def check_depth_model(pb: Problems, spec: str | None, key: str) -> None:
+    if spec and _looks_local(spec):
+        need_folder(pb, spec, key, f"a Depth Anything V2 metric folder ({ASSETS}) or a hub id",
+                    contains=("config.json",))
+
+
+def check_generate(cfg) -> Problems:
+    """Every problem of an ``eval generate`` config (:class:`eval.generate.GenerateConfig`)."""
+    from train.preflight import check_backbone_preset, check_checkpoint
+
+    pb = Problems("python -m eval generate")
+    need_output_folder(pb, cfg.out_dir, "--out")
+    need_annotation_dir(pb, cfg.annotation_dir, "--annotations")
+    need_manifest(pb, cfg.manifest, "--manifest")
+    if cfg.tiny:
+        pass
+    elif not cfg.checkpoint:
+        pb.add("no --checkpoint", f"give --checkpoint pretrained/DynamiCrafter/model.ckpt ({ASSETS}) or --tiny for "
+               "the random test model")
+    else:
+        check_checkpoint(pb, cfg.checkpoint, "--checkpoint")
+        if not cfg.tokenizer and not Path(cfg.checkpoint).is_dir():
+            pb.add("no --tokenizer: the backbone's text encoder needs the CLIP tokenizer",
+                   f"give --tokenizer pretrained/open_clip_tokenizer ({ASSETS}, 'CLIP tokenizer')")
+    if cfg.tokenizer:
+        need_tokenizer(pb, cfg.tokenizer, "--tokenizer")
+    if cfg.config:
+        check_backbone_preset(pb, cfg.config, "--config")
+    if cfg.plugin and not Path(cfg.plugin).exists():
+        pb.add(f"--plugin {cfg.plugin!r}: no such file or folder",
+               "give plugin.safetensors, a checkpoint folder or a run folder of python -m train")
+    if cfg.clips:
+        need_file(pb, cfg.clips, "--clips", "a text file of clip ids, one a line")
+    if cfg.captions:
+        need_file(pb, cfg.captions, "--captions", f"a CSV or JSON of captions ({ASSETS})", (".csv", ".json"))
+    if cfg.camera_cfg != 1.0:
+        pb.add("camera CFG other than 1.0 is not implemented (the paper's evaluation uses 1.0)", "drop --camera-cfg")
+    if cfg.depth == "model" or (cfg.depth == "auto" and not cfg.tiny):
+        check_depth_model(pb, cfg.depth_model, "--depth-model")
+    return pb
+
+
+def check_run(a) -> Problems:
+    """Every problem of an ``eval run`` command line (its argparse namespace)."""
+    pb = Problems("python -m eval run")
+    fix = "give the experiment folder that python -m eval generate wrote (samples/, gt_video/, camera_data/)"
+    if need_folder(pb, a.exp_dir, "EXP_DIR", fix):
+        exp = Path(a.exp_dir)
+        if not any((exp / sub).is_dir() and any((exp / sub).iterdir())
+                   for sub in ("samples", "gt_video", "camera_data")):
+            pb.add(f"EXP_DIR {a.exp_dir!r}: no clips (expected samples/*.mp4, gt_video/*.mp4, camera_data/*.txt)",
+                   fix)
+    need_output_folder(pb, a.out, "--out")
+    if a.cache:
+        need_output_folder(pb, a.cache, "--cache")
+    for key, path in (("--videogpt-i3d", a.videogpt_i3d), ("--styleganv-i3d", a.styleganv_i3d)):
+        if path:
+            need_file(pb, path, key, f"the I3D weights for FVD ({ASSETS}, 'I3D')", (".pt", ".pth"))
+    if not a.fvd_only:
+        check_depth_model(pb, a.depth_model, "--depth-model")
+    return pb
