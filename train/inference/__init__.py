@@ -7,7 +7,7 @@ train.inference.editor``).
     plugin.py      loading the trainer's plugin.safetensors onto a backbone
     pipeline.py    `Pipeline.generate` in every mode (plain, noise-shaped, loop, interp, continue)
     outputs.py     video.mp4, preview.mp4, mask.png, trajectory.txt, settings.json
-    editor.py      interactive trajectory editor (a loopback HTTP page)
+    editor.py      trajectory editor on viser, from image to generated video (editor_access.py: Host/Origin guard)
 """
 
 from .pipeline import MODES, Pipeline, SampleOptions, SampleResult
