@@ -4,6 +4,7 @@ tiny model, and the page in headless Chromium (the point cloud drawn where the c
 
 from __future__ import annotations
 
+import csv
 import http.client
 import json
 import os
@@ -216,6 +217,34 @@ def test_command_line(tmp_path, monkeypatch, capsys, room_scene):
     assert f"http://127.0.0.1:{seen['port']}/" in out and "ssh -L" in out
     assert seen["path"].parent == (tmp_path / "out/ed").resolve() and seen["host"] == 403
     np.testing.assert_allclose(_c2w(seen["path"])[-1][:3, 3], [0, 0, 0.2 * np.median(room_scene.depth)], rtol=1e-6)
+
+
+def test_clip_from_an_annotation_folder(train_annotations, tmp_path):
+    """--annotations OUT --clip ID: the clip's first frame, its intrinsics, and its metric cameras as keyframes."""
+    from annotate.video import read_frames
+    from train.inference.scene import resize_crop
+    from train.inference.trajectory import annotated_c2w_metric
+
+    row = next(r for r in train_annotations["rows"] if r["status"] == "ok")
+    ann, clip = train_annotations["annotation_dir"], row["clip_id"]
+    c2w = annotated_c2w_metric(ann, clip)
+    seen = {}
+
+    def started(ed):
+        seen["traj"], seen["image"], seen["intr"] = ed.trajectory().c2w, ed.scene.image, ed.scene.intr
+        seen["export"] = ed.export()
+
+    editor_main(["--annotations", str(ann), "--clip", clip, "--manifest", str(train_annotations["manifest"]),
+                 "--height", "32", "--width", "48", "--frames", "5", "--frame-stride", "2", "--port", "0",
+                 "--export-dir", str(tmp_path / "exports")], started=started)
+    # 5 frames at stride 2 span lines 0..8, and the keyframes are lines 0, 2, 4, 6, 8: the path is the clip's
+    np.testing.assert_allclose(seen["traj"], c2w[[0, 2, 4, 6, 8]], atol=1e-6)
+    np.testing.assert_allclose(_c2w(seen["export"]), c2w[[0, 2, 4, 6, 8]], atol=1e-6)
+    manifest = Path(train_annotations["manifest"])
+    video = manifest.parent / next(r["video_path"] for r in csv.DictReader(open(manifest)) if r["clip_id"] == clip)
+    first, plan = resize_crop(read_frames(video, [0])[0], (32, 48))
+    np.testing.assert_array_equal(seen["image"], first)
+    np.testing.assert_allclose(seen["intr"], plan.intrinsics(np.asarray(row["intrinsics"][0])), rtol=1e-6)
 
 
 def test_generate_with_the_tiny_model_writes_the_edited_path(server, tmp_path):
