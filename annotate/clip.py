@@ -11,7 +11,6 @@ later stages pass failed records through untouched. :func:`annotate_clip` runs a
 
 from __future__ import annotations
 
-import logging
 import time
 import traceback
 from dataclasses import dataclass, field, replace
@@ -27,12 +26,13 @@ from annotate.depth import (
     PrecomputedDepth,
     depth_at_keypoints,
 )
+from annotate.log import get_logger
 from annotate.re10k import DEFAULT_ROTATION_TOL, CameraFileError, read_camera_file
 from annotate.scale import NoValidScale, ScaleConfig, clip_statistics, frame_scales, metric_cameras, point_ratios
 from annotate.triangulate import Observations, SfmConfig, TriangulationError, triangulate, visible_ratios
 from annotate.video import VideoError, read_frames
 
-log = logging.getLogger("realcam")
+log = get_logger()
 
 
 @dataclass

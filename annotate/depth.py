@@ -19,7 +19,9 @@ from typing import Protocol
 
 import numpy as np
 
-log = logging.getLogger("realcam")
+from annotate.log import get_logger
+
+log = get_logger()
 
 DEFAULT_MODEL = "depth-anything/Depth-Anything-V2-Metric-Indoor-Large-hf"
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ import numpy as np
 
 from annotate.camera import (
     c2w_to_w2c,
+    camera_centres,
     interpolate_poses,
     intrinsics_to_pixels,
     look_at,
@@ -35,15 +35,15 @@ from annotate.camera import (
     random_rotation,
     relative_to,
     rot_y,
+    scale_translation,
     to_4x4,
     unproject,
     w2c_to_c2w,
 )
-from annotate.files import atomic_write_text
+from annotate.files import atomic_path, atomic_write_text
+from annotate.log import progress
 from annotate.re10k import CameraTrajectory, read_camera_file, write_camera_file
 from annotate.video import write_video
-
-log = logging.getLogger("realcam")
 
 POSE_DIR = Path(__file__).parent / "data" / "re10k_poses"
 GENERATED = ("walk", "pan", "orbit", "zoom")
@@ -180,8 +180,8 @@ def make_trajectory(kind: str, rng: np.random.Generator, room: Room, num_frames:
     if kind == "re10k":
         traj = read_camera_file(re10k_file)
         rel = relative_to(w2c_to_c2w(traj.w2c), 0)
-        extent = np.linalg.norm(rel[:, :3, 3], axis=1).max()
-        rel[:, :3, 3] *= rng.uniform(0.8, 1.6) / max(extent, 1e-9)  # metres moved along the path
+        extent = np.linalg.norm(camera_centres(rel), axis=1).max()
+        rel = scale_translation(rel, rng.uniform(0.8, 1.6) / max(extent, 1e-9))  # metres moved along the path
         keys = make_pose(r0, start)[None] @ rel
         intr = traj.intrinsics.mean(axis=0)
     elif kind == "walk":
@@ -250,9 +250,8 @@ def make_clip(cfg: SynthConfig, index: int, out: Path) -> dict:
         (out / sub).mkdir(parents=True, exist_ok=True)
     write_camera_file(out / "cameras" / f"{clip_id}.txt", traj)
     write_video(out / "videos" / f"{clip_id}.mp4", np.stack(frames), fps=cfg.fps)
-    tmp = out / "depth" / f".{clip_id}.tmp.npz"
-    np.savez_compressed(tmp, depth=np.stack(depths))
-    os.replace(tmp, out / "depth" / f"{clip_id}.npz")
+    with atomic_path(out / "depth" / f"{clip_id}.npz", keep_suffix=True) as tmp:
+        np.savez_compressed(tmp, depth=np.stack(depths))
     row = {"clip_id": clip_id, "split": split, "pose_path": f"cameras/{clip_id}.txt",
            "video_path": f"videos/{clip_id}.mp4", "depth_path": f"depth/{clip_id}.npz"}
     truth = {"scale": scale, "trajectory": kind, "source": src.name if src else "",
@@ -263,20 +262,18 @@ def make_clip(cfg: SynthConfig, index: int, out: Path) -> dict:
 
 def generate(cfg: SynthConfig) -> Path:
     """Write ``cfg.clips`` clips, ``manifest.csv`` and ``ground_truth.json`` into ``cfg.out``."""
-    from tqdm import tqdm
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     workers = min(cfg.workers or os.cpu_count() or 1, cfg.clips)
-    bar = dict(total=cfg.clips, desc="rendering clips", unit="clip", disable=None)
+    bar = dict(description="rendering clips", total=cfg.clips, enabled=sys.stderr.isatty())
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor
         from functools import partial
 
         with ProcessPoolExecutor(workers) as pool:
-            rows = list(tqdm(pool.map(partial(make_clip, cfg, out=out), range(cfg.clips)), **bar))
+            rows = list(progress(pool.map(partial(make_clip, cfg, out=out), range(cfg.clips)), **bar))
     else:
-        rows = [make_clip(cfg, i, out) for i in tqdm(range(cfg.clips), **bar)]
+        rows = [make_clip(cfg, i, out) for i in progress(range(cfg.clips), **bar)]
     cols = ["clip_id", "split", "pose_path", "video_path", "depth_path"]
     lines = [",".join(cols)] + [",".join(r[c] for c in cols) for r in rows]
     atomic_write_text(out / "manifest.csv", "\n".join(lines) + "\n")

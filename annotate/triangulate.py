@@ -21,7 +21,6 @@ relative units.
 from __future__ import annotations
 
 import contextlib
-import logging
 import resource
 import shutil
 import tempfile
@@ -35,8 +34,6 @@ from PIL import Image
 
 from annotate.camera import intrinsics_matrix, intrinsics_to_pixels, project, rotation_angle, skew
 from annotate.scale import frame_scales
-
-log = logging.getLogger("realcam")
 
 PIPELINES = ("keyframes", "sequential")
 
