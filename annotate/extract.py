@@ -31,11 +31,10 @@ from annotate.files import atomic_write_text
 from annotate.index import camera_dirs
 from annotate.log import get_logger, progress_bar, setup_logging
 from annotate.re10k import CameraFileError, read_camera_file, youtube_id
-from annotate.video import write_video
+from annotate.video import VIDEO_SUFFIXES, write_video
 
 log = get_logger()
 
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov")
 LOG_COLUMNS = ("split", "clip_id", "youtube_id", "status", "frames", "max_error_us", "reason", "seconds")
 SEGMENT_GAP_S = 5.0  # clips closer than this are decoded in one sweep instead of seeking again
 SEGMENT_MAX_S = 60.0  # ...unless the sweep would span more than this (its frames are held in memory)

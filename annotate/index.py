@@ -28,11 +28,10 @@ from annotate.layouts import CHUNK_SUFFIX, iter_chunk_clips, match_frame_folder
 from annotate.log import get_logger, setup_logging
 from annotate.manifest import write_manifest
 from annotate.re10k import write_camera_file, youtube_id
-from annotate.video import IMAGE_SUFFIXES
+from annotate.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 log = get_logger()
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 NOT_SPLITS = {"video_clips", "videos", "frames", "depth", "RealEstate10K"}
 
 

@@ -19,9 +19,13 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image
+
+from annotate.images import ImageError, load_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+# the one list of video containers every stage accepts (extract, index, eval): what FFmpeg reads and RealEstate10K
+# downloads / generated samples come as
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
 
 
 class VideoError(ValueError):
@@ -106,24 +110,15 @@ def write_frame_list(path: str | os.PathLike, entries: list[tuple[int, Path | No
 
 def _image(p: Path | io.BytesIO, name: str) -> np.ndarray:
     try:
-        with Image.open(p) as im:
-            return np.asarray(im.convert("RGB"))
-    except OSError as e:
-        raise VideoError(f"{name}: unreadable image ({e})") from None
+        return load_image(p, name)
+    except ImageError as e:
+        raise VideoError(str(e)) from None
 
 
-def count_frames(path: str | os.PathLike) -> int:
-    """Frames in a video (decoded, not the container's estimate), a folder, a frame list or a chunk."""
-    path = Path(path)
-    if path.is_dir():
-        return len(list_images(path))
-    if path.suffix == FRAME_LIST_SUFFIX:
-        return len(read_frame_list(path))
-    return sum(1 for _ in iter_frames(path))
-
-
-def iter_frames(path: str | os.PathLike, indices: set[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(index, uint8 [H, W, 3])`` for every frame (or only ``indices``) of a video or image folder."""
+def iter_frames(path: str | os.PathLike, indices: set[int] | None = None,
+                threads: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(index, uint8 [H, W, 3])`` for every frame (or only ``indices``) of a video or image folder.
+    ``threads``: decoder threads of a video (0: FFmpeg's choice, one per core plus one)."""
     ref = chunk_ref(path)
     if ref is not None:
         yield from _iter_chunk(*ref, indices)
@@ -139,7 +134,7 @@ def iter_frames(path: str | os.PathLike, indices: set[int] | None = None) -> Ite
             gone = sum(p is None for p in images)
             if gone:
                 raise VideoError(f"{path}: {gone} of {len(images)} camera lines have no frame")
-        for i, p in enumerate(images):
+        for i, p in enumerate(images):  # one file per frame: only the wanted ones are opened
             if indices is None or i in indices:
                 yield i, _image(p, str(p))
         return
@@ -147,12 +142,12 @@ def iter_frames(path: str | os.PathLike, indices: set[int] | None = None) -> Ite
         if indices is not None:
             if not indices:
                 return
-            seeked = _seek_frames(path, indices)
+            seeked = _seek_frames(path, indices, threads)
             if seeked is not None:
                 yield from seeked
                 return
         with av.open(str(path)) as container:
-            stream = _video_stream(container, path)
+            stream = _video_stream(container, path, threads)
             last = None if indices is None else max(indices)
             for i, frame in enumerate(container.decode(stream)):
                 if indices is None or i in indices:
@@ -163,22 +158,27 @@ def iter_frames(path: str | os.PathLike, indices: set[int] | None = None) -> Ite
         raise VideoError(f"{path}: unreadable video ({e.__class__.__name__}: {e})") from None
 
 
-def _video_stream(container, path: Path):
+def _video_stream(container, path: Path, threads: int = 0):
     if not container.streams.video:
         raise VideoError(f"{path}: no video stream")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
+    stream.codec_context.thread_count = threads
     return stream
 
 
-def _seek_frames(path: Path, indices: set[int]) -> list[tuple[int, np.ndarray]] | None:
+def _seek_frames(path: Path, indices: set[int], threads: int = 0) -> list[tuple[int, np.ndarray]] | None:
     """The wanted frames read by seeking to the keyframe at or before the first one and stopping after the last;
     None when the stream's timing cannot prove which frame is which (no pts, variable or irregular frame rate,
     a seek that lands past the first wanted frame): the caller then decodes from the start. The frame index is
-    the decode position from the start, recovered from pts as ``(pts - start) * time_base * average_rate``."""
+    the decode position from the start, recovered from pts as ``(pts - start) * time_base * average_rate``.
+
+    Decoded but never converted: pictures before the first wanted one (references of it). Not decoded at all:
+    unwanted pictures nothing refers to (most B-frames, about half the pictures), and every picture after the
+    last wanted one has gone into the decoder (the decoder is drained instead of fed its reordering delay)."""
     first, last = min(indices), max(indices)
     with av.open(str(path)) as container:
-        stream = _video_stream(container, path)
+        stream = _video_stream(container, path, threads)
         tb, rate = stream.time_base, stream.average_rate
         if not tb or not rate or stream.start_time is None:
             return None
@@ -186,17 +186,21 @@ def _seek_frames(path: Path, indices: set[int]) -> list[tuple[int, np.ndarray]] 
         if stream.frames and stream.duration and abs(float(stream.duration * tb * rate) - stream.frames) > 0.5:
             return None
         start = stream.start_time
+        num, den = tb.numerator * rate.numerator, tb.denominator * rate.denominator  # pts -> frames, in ints
         if first > 0:
-            container.seek(start + int(first / (rate * tb)), stream=stream, backward=True, any_frame=False)
-        out, prev = [], None
-        for packet in container.demux(stream):
-            # pictures nothing refers to (most B-frames) are not decoded unless wanted: about half the work
-            wanted = packet.pts is None or round(float((packet.pts - start) * tb * rate)) in indices
-            stream.codec_context.skip_frame = "DEFAULT" if wanted else "NONREF"
-            for frame in packet.decode():
+            container.seek(start + first * tb.denominator * rate.denominator // (tb.numerator * rate.numerator),
+                           stream=stream, backward=True, any_frame=False)
+        codec = stream.codec_context
+        out: list[tuple[int, np.ndarray]] = []
+        prev, unfed = None, set(indices)
+
+        def take(frames) -> bool | None:
+            """Keep the wanted frames; True when the last one is in, None when the timing is not provable."""
+            nonlocal prev
+            for frame in frames:
                 if frame.pts is None:
                     return None
-                pos = float((frame.pts - start) * tb * rate)
+                pos = (frame.pts - start) * num / den
                 i = round(pos)
                 if abs(pos - i) > 0.1 or (prev is None and i > first) or (prev is not None and i <= prev):
                     return None
@@ -204,9 +208,30 @@ def _seek_frames(path: Path, indices: set[int]) -> list[tuple[int, np.ndarray]] 
                 if i in indices:
                     out.append((i, frame.to_ndarray(format="rgb24")))
                 if i >= last:
-                    return out if len(out) == len(indices) else None
-        # the video ended before the last wanted frame: decoding from the start names the missing one
-        return None
+                    return True
+            return False
+
+        for packet in container.demux(stream):
+            if packet.pts is None and packet.dts is None and packet.size == 0:
+                break  # the demuxer's end-of-stream packet: drained below
+            i = None if packet.pts is None else round((packet.pts - start) * num / den)
+            wanted = i is None or i in indices
+            codec.skip_frame = "DEFAULT" if wanted else "NONREF"
+            done = take(codec.decode(packet))
+            if done is None:
+                return None
+            if done:
+                break
+            if i is not None:
+                unfed.discard(i)
+            if not unfed:  # every wanted picture is in the decoder: drain it rather than decode the next ones
+                done = take(codec.decode(None))
+                break
+        else:
+            done = take(codec.decode(None))
+        if not done:  # the video ended before the last wanted frame: decoding from the start names the missing one
+            return None
+        return out if len(out) == len(indices) else None
 
 
 def _iter_chunk(chunk: Path, key: str, indices: set[int] | None) -> Iterator[tuple[int, np.ndarray]]:
@@ -221,10 +246,11 @@ def _iter_chunk(chunk: Path, key: str, indices: set[int] | None) -> Iterator[tup
     raise VideoError(f"{chunk}: no clip with key {key!r}")
 
 
-def read_frames(path: str | os.PathLike, indices: list[int] | None = None) -> np.ndarray:
-    """All frames (or the given indices, in that order) as uint8 ``[N, H, W, 3]``."""
+def read_frames(path: str | os.PathLike, indices: list[int] | None = None, threads: int = 0) -> np.ndarray:
+    """All frames (or the given indices, in that order) as uint8 ``[N, H, W, 3]``. With indices only those are
+    decoded (see :func:`_seek_frames`); ``threads``: decoder threads (0: FFmpeg's choice)."""
     want = None if indices is None else set(indices)
-    got = dict(iter_frames(path, want))
+    got = dict(iter_frames(path, want, threads))
     order = sorted(got) if indices is None else list(indices)
     missing = [i for i in order if i not in got]
     if missing:

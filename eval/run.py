@@ -51,7 +51,7 @@ import numpy as np
 from annotate.camera import relative_to
 from annotate.files import atomic_write_text
 from annotate.job import RayConfig
-from annotate.video import read_frames
+from annotate.video import VIDEO_SUFFIXES, read_frames
 from eval.fvd import FVD_KEYS, FVDConfig, fvd_from_paths
 from eval.log import logger
 from eval.metrics import METRIC_NAMES, camera_metrics
@@ -71,7 +71,6 @@ from eval.trials import (
     video_sha256,
 )
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
 TRIAL_COLUMNS = ["clip", "trial", "seed", "status", "error", *METRIC_NAMES, "scale_sample", "scale_gt",
                  "seconds"]
 

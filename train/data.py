@@ -3,7 +3,10 @@
 One sample = ``frames`` frames of a kept clip (status ok, keep true) of one split:
 - stride uniform in ``stride_range`` (training) or ``val_stride``; reduced to ``(n - 1) // (frames - 1)`` when
   the clip is too short; random start (validation: start 0);
-- resize keeping the aspect ratio + centre crop to (height, width), intrinsics by :class:`ResizeCrop` (§1.6);
+- only the sample's frames are decoded (:func:`annotate.video.read_frames` with indices: seek + early stop, one
+  decoder thread since the loader runs one worker process per core), resized keeping the aspect ratio and
+  centre-cropped to (height, width) by :func:`annotate.images.resize_crop` (bilinear, antialiased: the one
+  resize inference uses too), intrinsics by :class:`ResizeCrop` (§1.6);
 - condition frame uniform over the sampled frames (training, ``rand_cond_frame``) or frame 0;
 - cameras: c2w relative to the condition frame, translations multiplied by the scale of ``scale_source``:
   ``condition_frame`` = ``frame_scale`` of the condition frame (as the released RealCam-I2V code); when that is
@@ -31,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from annotate.camera import ResizeCrop, relative_to, scale_translation, to_4x4, w2c_to_c2w
+from annotate.images import resize_crop
 from annotate.manifest import read_manifest
 from annotate.output import read_table
 from annotate.video import VideoError, read_frames
@@ -118,14 +121,16 @@ def condition_scale(clip: dict, frame_index: int, source: str) -> float:
     return clip["scale"]  # "clip", or the NaN fallback of "condition_frame"
 
 
-def resize_center_crop(frames: np.ndarray, plan: ResizeCrop) -> torch.Tensor:
-    """uint8 [F, H0, W0, 3] -> float [3, F, H, W] in [-1, 1]."""
-    # resized in uint8 channels-last (torch's vectorised antialias path, ~30x the float one on one core; within
-    # one level of the float result), cropped, then scaled: the loader must keep up at >= 10 samples/s per core
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-    x = F.interpolate(x, size=plan.resized_hw, mode="bilinear", align_corners=False, antialias=True)
-    (h, w), t, l = plan.out_hw, plan.top, plan.left
-    return x[:, :, t:t + h, l:l + w].transpose(0, 1).contiguous().float().div_(127.5).sub_(1.0)
+def read_sample_frames(path: str, indices: list[int]) -> np.ndarray:
+    """The loader's reader: only these frames, one decoder thread (the loader runs one worker per core; FFmpeg's
+    default of a thread per core in every worker would also decode frames past the last wanted one)."""
+    return read_frames(path, indices, threads=1)
+
+
+def to_model_video(frames: np.ndarray, out_hw: tuple[int, int]) -> tuple[torch.Tensor, ResizeCrop]:
+    """uint8 [F, H0, W0, 3] -> float [3, F, H, W] in [-1, 1] (x / 127.5 - 1, as inference), and the plan."""
+    small, plan = resize_crop(frames, out_hw)  # uint8 in, uint8 out: the same pixels inference gets
+    return torch.from_numpy(np.ascontiguousarray(small.transpose(3, 0, 1, 2))).float().div_(127.5).sub_(1.0), plan
 
 
 class CameraVideoDataset(Dataset):
@@ -142,7 +147,7 @@ class CameraVideoDataset(Dataset):
         self.captions = load_captions(cfg.captions)
         self.skipped = 0
         self.skipped_ids: list[str] = []
-        self.read = read_frames  # (path, indices) -> uint8 [F, H, W, 3]; bench_train swaps in a full decode
+        self.read = read_sample_frames  # (path, indices) -> uint8 [F, H, W, 3]; bench_train swaps in others
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -178,8 +183,7 @@ class CameraVideoDataset(Dataset):
             if mode == CONTINUATION:
                 num_given = int(rng.integers(1, max(1, cfg.frames // 2) + 1))
         frames = self.read(clip["video_path"], idx.tolist())  # only these frames are decoded (seek + early stop)
-        plan = ResizeCrop.plan(frames.shape[1:3], (cfg.height, cfg.width))
-        video = resize_center_crop(frames, plan)
+        video, plan = to_model_video(frames, (cfg.height, cfg.width))
         scale = condition_scale(clip, int(idx[cond]), cfg.scale_source)
         c2w = scale_translation(relative_to(w2c_to_c2w(clip["w2c"][idx]), cond), scale)
         return {

@@ -16,24 +16,12 @@ import numpy as np
 from PIL import Image
 
 from annotate.camera import ResizeCrop, backproject, invert_rigid, project, to_4x4  # backproject: also public here
+from annotate.images import load_image, resize_crop  # noqa: F401  (public here: sample, editor)
 
 # ------------------------------------------------------------------------------------------------ image
 
-
-def load_image(path) -> np.ndarray:
-    """Any image file -> uint8 RGB [H, W, 3]."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def resize_crop(image: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray, ResizeCrop]:
-    """Resize keeping the aspect ratio so (H, W) is covered, then centre-crop (ResizeCrop's plan, §1.6)."""
-    image = np.asarray(image)
-    plan = ResizeCrop.plan(image.shape[:2], tuple(out_hw))
-    (rh, rw), (h, w) = plan.resized_hw, plan.out_hw
-    if (rh, rw) != image.shape[:2]:
-        image = np.asarray(Image.fromarray(image).resize((rw, rh), Image.Resampling.BICUBIC))
-    return np.ascontiguousarray(image[plan.top:plan.top + h, plan.left:plan.left + w]), plan
+# load_image and resize_crop are annotate/images.py's (bilinear, antialiased resize + centre crop): the function the
+# training loader uses too, so the model sees the pixels it was trained on
 
 
 def read_depth_file(path, image_hw0: tuple[int, int], plan: ResizeCrop, model_hw: tuple[int, int]) -> np.ndarray:
