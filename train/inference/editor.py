@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from annotate.camera import camera_centres, make_pose, quat_to_rotmat, rotmat_to_quat, to_4x4
+from annotate.camera import camera_centres, make_pose, quat_to_rotmat, relative_to, rotmat_to_quat, to_4x4
 from annotate.files import atomic_write_bytes, atomic_write_text
 from annotate.log import get_logger
 from annotate.re10k import format_camera_text
@@ -317,11 +317,11 @@ class Editor:
             self.refresh()
 
     def set_keyframes(self, keyframes: list[dict]) -> None:
-        """Replace the keyframes (dicts with ``t`` and ``c2w``, as keyframe JSON holds them); a first keyframe
-        at the input camera is dropped (it is keyframe 0), and the rest are re-expressed relative to it."""
+        """Replace the keyframes (dicts with ``t`` and ``c2w``/``w2c``/``position`` + ``look_at``, as keyframe JSON
+        holds them). The first one becomes keyframe 0, the input camera: the others are re-expressed relative to
+        it (the identity for the editor's own files) and their times shifted to start at 0."""
         poses, times = keyframes_to_arrays(keyframes)
-        first = np.linalg.inv(poses[0])
-        poses, times = first[None] @ poses, times - times[0]
+        poses, times = relative_to(poses, 0), times - times[0]
         with self._lock:
             self.clear_keyframes()
             for c2w, t in zip(poses[1:], times[1:]):
@@ -508,16 +508,16 @@ class Editor:
         from .pipeline import Pipeline, SampleOptions
 
         t0 = time.time()
-        model, plugin = self.load_model()
         g = self.gen
-        with self._lock:
-            loop = self.loop or g.mode == "loop"
-            traj = (keyframe_trajectory(self.keyframe_dicts(), self.frames, loop=loop, ease=self.ease,
-                                        relative=False) if self.keyframes else self.trajectory())
-        if g.mode == "interp" and self.scene.last_image is None:
-            raise ValueError("interp mode needs --last-image")
         if g.mode not in ("plain", "loop", "interp"):
             raise ValueError(f"mode must be plain, loop or interp, got {g.mode!r}")
+        if g.mode == "interp" and self.scene.last_image is None:
+            raise ValueError("interp mode needs --last-image")
+        if g.mode == "loop" and not self.loop:  # the loop mode's clip ends on the image: the path goes out and back
+            self.set_options(loop=True)
+            self._sync_gui()
+        model, plugin = self.load_model()
+        traj = self.trajectory()  # exactly the path on screen
         opts = SampleOptions(prompt=g.prompt, seed=int(g.seed), steps=int(g.steps), cfg_scale=float(g.cfg),
                              frame_stride=self.stride, noise_shaping=bool(g.noise_shaping),
                              shaping_threshold=int(g.shaping_threshold), point_size=self.point_size,
