@@ -106,7 +106,7 @@ def check_train(cfg, config_path: str | None = None, overrides: list[str] | None
 
 
 def check_trajectory(pb: Problems, spec: str, frames: int, stride: int, loop: bool, annotations: str | None,
-                     trajectory_scale: float | None, key: str = "--trajectory") -> None:
+                     trajectory_scale: float | None, key: str = "--trajectory", parse: bool = True) -> None:
     """Parse the trajectory with the sampler's own loader (presets, keyframe JSON, camera files)."""
     from train.inference.trajectory import PRESETS, is_camera_file, load_trajectory
 
@@ -118,6 +118,8 @@ def check_trajectory(pb: Problems, spec: str, frames: int, stride: int, loop: bo
     if not is_camera_file(spec) and (annotations or trajectory_scale is not None):
         pb.add(f"--annotations / --trajectory-scale apply to a RealEstate10K camera file only; {spec!r} is a preset "
                "or keyframe file (already in metres)", "drop --annotations / --trajectory-scale")
+        return
+    if not parse:
         return
     intr = np.array([128.0, 128.0, 128.0, 128.0])  # any valid pinhole: only parsing is checked here
     try:
@@ -178,9 +180,10 @@ def check_sample(args) -> Problems:
                    "give normalised fx,fy,cx,cy, e.g. 0.5,0.89,0.5,0.5")
     if args.annotations and args.trajectory_scale is not None:
         pb.add("both --annotations and --trajectory-scale given", "give one of them")
-    elif not args.annotations or Path(args.annotations, "clips").is_dir():
+    else:  # a camera file with an unusable annotation folder is reported above, not parsed again here
         check_trajectory(pb, args.trajectory, args.frames or 16, args.frame_stride or 8, args.loop,
-                         args.annotations, args.trajectory_scale)
+                         args.annotations, args.trajectory_scale,
+                         parse=not args.annotations or Path(args.annotations, "clips").is_dir())
     return pb
 
 
