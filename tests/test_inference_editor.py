@@ -110,6 +110,32 @@ def test_keyframes_through_viser_give_the_camera_file(server, room_scene, tmp_pa
     assert (frames[0] > 0).any(axis=-1).mean() > 0.9 and strip[:H, :W].mean() > 200  # frame 0 sees everything
 
 
+def test_gizmo_drag_over_the_websocket(server, room_scene, tmp_path):
+    """A keyframe dragged as the browser reports it (a TransformControlsUpdateMessage on a real websocket, through
+    the Host/Origin guard): the keyframe moves, the path is redrawn, and Export writes the moved path."""
+    import msgspec
+    from viser._messages import TransformControlsUpdateMessage
+    from websockets.sync.client import connect
+
+    ed = Editor(server, room_scene, tmp_path / "exports", frames=5, stride=2)
+    ed.add_keyframe()
+    target = look_at([0.3, -0.2, 0.8], [0.0, 0.0, 3.0])
+    msg = TransformControlsUpdateMessage(ed.keyframes[0].control.name, tuple(rotmat_to_quat(target[:3, :3])),
+                                         tuple(target[:3, 3]))
+    port = server.get_port()
+    with connect(f"ws://127.0.0.1:{port}", subprotocols=[f"viser-v{viser.__version__}"],
+                 origin=f"http://127.0.0.1:{port}", open_timeout=10) as ws:
+        ws.send(msgspec.msgpack.encode(msg.as_serializable_dict()))
+        for _ in range(200):
+            if "+0.30, -0.20, +0.80" in ed.gui["keyframes"].content:
+                break
+            time.sleep(0.05)
+    assert "1. t=1  (+0.30, -0.20, +0.80) m" in ed.gui["keyframes"].content  # redrawn by the gizmo's callback
+    np.testing.assert_allclose(ed.keyframes[0].c2w, target, atol=1e-9)
+    expected = keyframe_trajectory([{"t": 0.0, "c2w": np.eye(4)}, {"t": 1.0, "c2w": target}], 5, relative=False)
+    np.testing.assert_allclose(_c2w(ed.export()), expected.c2w, atol=1e-6)
+
+
 def test_gui_controls_drive_the_editor(server, room_scene, tmp_path):
     """The side panel's widgets, set through viser's Python API (as a browser's clicks arrive): callbacks run."""
     ed = Editor(server, room_scene, tmp_path / "exports", frames=5, stride=2)
@@ -257,22 +283,29 @@ def test_generate_with_the_tiny_model_writes_the_edited_path(server, tmp_path):
     room = Room.random(np.random.default_rng(11))
     intr = np.array([16.0, 16.0, 16.0, 16.0])
     img, depth = render(room, make_pose(np.eye(3), [0.0, 0.0, room.lo[2] + 1.5]), intr, s, s)
-    gen = GenerateConfig(tiny=True, steps=2, prompt="a room", seed=5, noise_shaping=True)
+    gen = GenerateConfig(tiny=True, steps=25, seed=5)
     ed = Editor(server, EditorScene(img, depth, intr), tmp_path / "exports", frames=f, stride=3, generate=gen)
     ed.add_keyframe(look_at([0.2, 0.0, 0.3], [0.0, 0.0, 3.0]))
     ed.add_keyframe()
     ed.keyframes[1].control.position = (-0.1, 0.05, 0.5)
-    progress = []
-    paths = ed.generate(progress=progress.append)
-    out = paths["video"].parent
+    # the panel's Generate, as a click arrives: its settings come from the panel's widgets
+    g = ed.gui
+    g["steps"].value, g["prompt"].value, g["shaping"].value = 2, "a room", True
+    g["generate"].value = True
+    status = g["status"].content
+    assert status.startswith("wrote "), status
+    out = Path(status.removeprefix("wrote ")).parent
+    paths = {k: out / n for k, n in (("video", "video.mp4"), ("trajectory", "trajectory.txt"),
+                                     ("settings", "settings.json"), ("preview", "preview.mp4"), ("mask", "mask.png"))}
     assert out.parent == tmp_path / "exports" and out.name.startswith("generate_")
     assert read_frames(paths["video"]).shape == (f, s, s, 3)
     np.testing.assert_allclose(_c2w(paths["trajectory"]), ed.trajectory().c2w, atol=1e-6)
     settings = json.loads(paths["settings"].read_text())
     assert settings["options"]["steps"] == 2 and settings["shaped_timesteps"] == [999]
     assert settings["inputs"]["keyframes"]["keyframes"][2]["c2w"][2][3] == pytest.approx(0.5)
-    assert sorted(set(progress)) == [0.5, 1.0] and progress == sorted(progress)  # per DDIM step
-    assert {"preview", "mask"} <= set(paths)
+    assert g["progress"].value == 100.0 and g["progress"].visible  # reset to 0 at the start, 100 at the last step
+    assert paths["preview"].is_file() and paths["mask"].is_file()
+    assert g["video"].image.shape == (s, f * s, 3) and not g["generate"].disabled
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
