@@ -26,8 +26,8 @@ from annotate.synth import Room, render
 from train.inference.editor import Editor, EditorScene, GenerateConfig
 from train.inference.editor import main as editor_main
 from train.inference.editor_access import AllowedHosts, guard_server, refusal
-from train.inference.scene import point_cloud
-from train.inference.trajectory import keyframe_trajectory
+from train.inference.scene import point_cloud, splat
+from train.inference.trajectory import keyframe_trajectory, load_trajectory
 
 H, W = 48, 64
 INTR = np.array([32.0, 32.0, 32.0, 24.0])
@@ -80,6 +80,9 @@ def test_keyframes_through_viser_give_the_camera_file(server, room_scene, tmp_pa
     assert cam.timestamps_us.tolist() == [round(i * 2 / 30 * 1e6) for i in range(9)] and cam.url == "realcam://editor"
     keys = path.with_suffix(".keyframes.json")
     assert json.loads(keys.read_text())["keyframes"][2]["t"] == 2.0
+    # both files feed train.sample's --trajectory as they are
+    for spec in (keys, path):
+        np.testing.assert_allclose(load_trajectory(str(spec), 9, INTR, (H, W)).c2w, expected, atol=1e-6)
 
     # import: the keyframe file and the camera file both give the same path back
     ed.clear_keyframes()
@@ -107,6 +110,7 @@ def test_keyframes_through_viser_give_the_camera_file(server, room_scene, tmp_pa
     np.testing.assert_allclose(ed.trajectory().c2w[-1][:3, 3], [0, 0, 0.6], atol=1e-9)
     frames, strip = ed.preview()
     assert frames.shape == (9, H, W, 3) and strip.shape == (2 * H, 9 * W)
+    np.testing.assert_array_equal(frames[0], splat(ed.cloud, np.eye(4), INTR, (H, W), 2)[0])  # scene.py's splats
     assert (frames[0] > 0).any(axis=-1).mean() > 0.9 and strip[:H, :W].mean() > 200  # frame 0 sees everything
 
 
@@ -142,8 +146,7 @@ def test_gui_controls_drive_the_editor(server, room_scene, tmp_path):
     g = ed.gui
 
     def click(name):
-        g[name].value = True
-        return g["status"].content
+        return click_on(ed, name)
 
     assert click("add") == "keyframe 1 added" and len(ed.keyframes) == 1
     g["frames"].value = 7
@@ -166,6 +169,16 @@ def test_gui_controls_drive_the_editor(server, room_scene, tmp_path):
     g["index"].value = 1
     assert click("earlier").startswith("move failed: keyframe 1 cannot move earlier")  # a refusal, not a crash
     assert click("generate").startswith("generate failed: no model")
+    # a failed export leaves nothing behind (and says why)
+    blocked = Editor(server, room_scene, tmp_path / "blocker", frames=5)
+    (tmp_path / "blocker").write_text("a file where the export folder should be\n")
+    assert click_on(blocked, "export").startswith("export failed: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "exports"]
+
+
+def click_on(ed, name):
+    ed.gui[name].value = True
+    return ed.gui["status"].content
 
 
 def _request(port, path="/", headers=None, method="GET"):
