@@ -334,21 +334,27 @@ def test_page_draws_the_point_cloud_in_headless_chromium(server, tmp_path):
     ed.add_keyframe()
     ed.input_frustum.visible = False  # its textured image is green too: only the cloud may count
     shot = Path(os.environ.get("EDITOR_SCREENSHOT", tmp_path / "page.png"))
-    with tempfile.TemporaryDirectory() as prof:
-        flags = [CHROMIUM, "--headless=new", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-                 "--enable-webgl", "--ignore-gpu-blocklist", "--no-sandbox", "--disable-gpu-sandbox",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", f"--user-data-dir={prof}", "--window-size=1024,768",
-                 "--virtual-time-budget=20000", f"--screenshot={shot}", f"http://127.0.0.1:{server.get_port()}/"]
-        t0 = time.time()
-        run = subprocess.run(flags, capture_output=True, text=True, timeout=120)
-    assert shot.is_file(), run.stderr[-2000:]
-    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
-    # (the renderer lifts a saturated colour's other channels to ~100; nothing else on the page is this green)
-    is_green = (img[..., 1] > 200) & (img[..., 0] < 160) & (img[..., 2] < 160)
-    h, w = is_green.shape
-    # the initial camera looks at the cloud's centre: green fills most of the middle (the keyframe's frustum
-    # and gizmo cover the rest) and a good part of the page
-    centre = is_green[h // 2 - 60:h // 2 + 60, w // 2 - 60:w // 2 + 60].mean()
-    print(f"chromium {time.time() - t0:.1f} s; green: {is_green.mean():.3f} of the page, {centre:.3f} of the centre")
+    # a loaded machine may need longer before the cloud arrives: one retry with a longer (virtual) time budget
+    for budget in (20000, 60000):
+        shot.unlink(missing_ok=True)
+        with tempfile.TemporaryDirectory() as prof:
+            flags = [CHROMIUM, "--headless=new", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+                     "--enable-webgl", "--ignore-gpu-blocklist", "--no-sandbox", "--disable-gpu-sandbox",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--no-first-run", f"--user-data-dir={prof}", "--window-size=1024,768",
+                     f"--virtual-time-budget={budget}", f"--screenshot={shot}",
+                     f"http://127.0.0.1:{server.get_port()}/"]
+            t0 = time.time()
+            run = subprocess.run(flags, capture_output=True, text=True, timeout=180)
+        assert shot.is_file(), run.stderr[-2000:]
+        img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+        # (the renderer lifts a saturated colour's other channels to ~100; nothing else on the page is this green)
+        is_green = (img[..., 1] > 200) & (img[..., 0] < 160) & (img[..., 2] < 160)
+        h, w = is_green.shape
+        # the initial camera looks at the cloud's centre: green fills most of the middle (the keyframe's frustum
+        # and gizmo cover the rest) and a good part of the page
+        centre = is_green[h // 2 - 60:h // 2 + 60, w // 2 - 60:w // 2 + 60].mean()
+        print(f"chromium {time.time() - t0:.1f} s: green {is_green.mean():.3f} of the page, {centre:.3f} of the centre")
+        if centre > 0.6 and is_green.mean() > 0.2:
+            break
     assert centre > 0.6 and is_green.mean() > 0.2, (centre, is_green.mean())
