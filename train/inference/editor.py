@@ -682,6 +682,7 @@ class Editor:
             gen.prompt, gen.steps, gen.cfg = g["prompt"].value, int(g["steps"].value), float(g["cfg"].value)
             gen.seed, gen.noise_shaping, gen.mode = int(g["seed"].value), bool(g["shaping"].value), g["mode"].value
             button.disabled, g["progress"].visible, g["progress"].value = True, True, 0.0
+            self._status("generating (the model loads on the first run)")
             try:
                 paths = self.generate(progress=lambda f: setattr(g["progress"], "value", 100.0 * f))
             finally:
