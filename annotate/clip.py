@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from annotate.camera import metric_c2w
 from annotate.depth import (
     DepthAnythingPredictor,
     DepthConfig,
@@ -28,7 +29,7 @@ from annotate.depth import (
 )
 from annotate.log import get_logger
 from annotate.re10k import DEFAULT_ROTATION_TOL, CameraFileError, read_camera_file
-from annotate.scale import NoValidScale, ScaleConfig, clip_statistics, frame_scales, metric_cameras, point_ratios
+from annotate.scale import NoValidScale, ScaleConfig, clip_statistics, frame_scales, point_ratios
 from annotate.triangulate import Observations, SfmConfig, TriangulationError, triangulate, visible_ratios
 from annotate.video import VideoError, read_frames
 
@@ -213,7 +214,7 @@ def finish_stage(rec: dict, cfg: ClipConfig) -> dict:
         return out
     out.update(scale=scale, scale_min=smin, scale_max=smax)
     w2c = np.asarray(rec["w2c"], np.float64).reshape(-1, 3, 4)
-    out["c2w_metric"] = metric_cameras(w2c, scale).reshape(nf, 16).astype(np.float32)
+    out["c2w_metric"] = metric_c2w(w2c, scale).reshape(nf, 16).astype(np.float32)  # contract step 7
     return out
 
 

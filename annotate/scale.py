@@ -1,12 +1,11 @@
-"""The scale definitions of the annotation contract (steps 3-5 and 7), nothing else."""
+"""The scale definitions of the annotation contract (steps 3-5), nothing else; step 7 (metric cameras) is
+:func:`annotate.camera.metric_c2w`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-
-from annotate.camera import metric_c2w
 
 
 @dataclass
@@ -53,8 +52,3 @@ def clip_statistics(scales: np.ndarray) -> tuple[float, float, float]:
     if not len(valid):
         raise NoValidScale("no valid frame scale")
     return float(np.median(valid)), float(valid.min()), float(valid.max())
-
-
-def metric_cameras(w2c: np.ndarray, scale: float) -> np.ndarray:
-    """Step 7: c2w relative to frame 0 with translations in metres, ``[F, 4, 4]``."""
-    return metric_c2w(w2c, scale, ref=0)
