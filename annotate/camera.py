@@ -103,6 +103,14 @@ def orthonormality_error(rot: np.ndarray) -> np.ndarray:
     return np.maximum(err, np.abs(np.linalg.det(rot) - 1.0))
 
 
+def nearest_rotation(rot: np.ndarray) -> np.ndarray:
+    """The rotation closest in Frobenius norm to each ``[..., 3, 3]`` matrix (polar factor ``U V^T``)."""
+    u, _, vt = np.linalg.svd(np.asarray(rot, np.float64))
+    d = np.sign(np.linalg.det(u @ vt))  # -1 only for a reflection; flipped to keep det +1
+    u[..., :, 2] *= d[..., None]
+    return u @ vt
+
+
 def rotation_angle(r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
     """Geodesic angle (radians) of ``M = R1^T R2``, as ``atan2(|vee(M - M^T)| / 2, (tr M - 1) / 2)``.
 

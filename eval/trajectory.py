@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from annotate.camera import intrinsics_to_pixels, w2c_to_c2w
+from annotate.camera import intrinsics_to_pixels, nearest_rotation, w2c_to_c2w
 from annotate.re10k import (
     CAMERA_DATA_COLUMNS,
     DEFAULT_ROTATION_TOL,
@@ -52,14 +52,6 @@ class GroundTruthCamera:
         if self.intrinsics_normalized:
             return intrinsics_to_pixels(self.intrinsics, width, height)
         return self.intrinsics.copy()
-
-
-def nearest_rotation(rot: np.ndarray) -> np.ndarray:
-    """The rotation closest in Frobenius norm to each ``[..., 3, 3]`` matrix (polar factor ``U V^T``)."""
-    u, _, vt = np.linalg.svd(np.asarray(rot, np.float64))
-    d = np.sign(np.linalg.det(u @ vt))  # already checked to be near a rotation: d is +1; kept for safety
-    u[..., :, 2] *= d[..., None]
-    return u @ vt
 
 
 def _orthonormalized(w2c: np.ndarray) -> np.ndarray:

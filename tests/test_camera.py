@@ -23,6 +23,7 @@ from annotate.camera import (
     look_at,
     make_pose,
     metric_c2w,
+    nearest_rotation,
     orthonormality_error,
     plucker_embedding,
     project,
@@ -285,3 +286,13 @@ def test_torch_twins_match_numpy():
     t, v = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
     np.testing.assert_allclose(skew(t) @ v[..., None], np.cross(t, v)[..., None], atol=1e-12)
     np.testing.assert_array_equal(skew_torch(torch.from_numpy(t)).numpy(), skew(t))
+
+
+def test_nearest_rotation_is_the_polar_factor():
+    # M = R (I + S) with S small and symmetric: I + S is symmetric positive definite, so R is M's polar factor.
+    rng = np.random.default_rng(6)
+    rots = Rotation.random(8, rng=rng).as_matrix()
+    a = rng.normal(scale=1e-3, size=(8, 3, 3))
+    m = rots @ (np.eye(3) + a + np.swapaxes(a, -1, -2))
+    np.testing.assert_allclose(nearest_rotation(m), rots, atol=1e-12)
+    assert orthonormality_error(nearest_rotation(m)).max() < 1e-14
