@@ -173,10 +173,14 @@ def _seek_frames(path: Path, indices: set[int], threads: int = 0) -> list[tuple[
     a seek that lands past the first wanted frame): the caller then decodes from the start. The frame index is
     the decode position from the start, recovered from pts as ``(pts - start) * time_base * average_rate``.
 
-    Decoded but never converted: pictures before the first wanted one (references of it). Not decoded at all:
-    unwanted pictures nothing refers to (most B-frames, about half the pictures), and every picture after the
-    last wanted one has gone into the decoder (the decoder is drained instead of fed its reordering delay)."""
-    first, last = min(indices), max(indices)
+    The packets from the keyframe to the last wanted picture are read first (demuxing is cheap) and only those a
+    wanted picture needs are decoded: from the last keyframe at or before it (in decode order and display
+    order, so an open GOP's leading pictures keep their references) up to it. When a keyframe lies between two
+    wanted pictures, the pictures between the first and that keyframe are skipped and the decoder restarts
+    there, as a fresh seek would. Within those runs, unwanted pictures nothing refers to (most B-frames, about
+    half) are not decoded, only wanted pictures are converted to RGB, and after the last wanted packet the
+    decoder is drained instead of fed its reordering delay."""
+    first = min(indices)
     with av.open(str(path)) as container:
         stream = _video_stream(container, path, threads)
         tb, rate = stream.time_base, stream.average_rate
@@ -187,50 +191,71 @@ def _seek_frames(path: Path, indices: set[int], threads: int = 0) -> list[tuple[
             return None
         start = stream.start_time
         num, den = tb.numerator * rate.numerator, tb.denominator * rate.denominator  # pts -> frames, in ints
-        if first > 0:
-            container.seek(start + first * tb.denominator * rate.denominator // (tb.numerator * rate.numerator),
-                           stream=stream, backward=True, any_frame=False)
+        target, back = first, 0
+        for _ in range(4):  # an open GOP's keyframe can be found by its decode time: seek further back then
+            if target > 0 or first > 0:
+                container.seek(start + max(target, 0) * den // num, stream=stream, backward=True, any_frame=False)
+            packets, shown, unseen = [], [], set(indices)  # decode order; display index of each
+            for packet in container.demux(stream):
+                if packet.size == 0 and packet.pts is None:
+                    break  # the demuxer's end-of-stream packet
+                if packet.pts is None:
+                    return None
+                packets.append(packet)
+                shown.append(round((packet.pts - start) * num / den))
+                unseen.discard(shown[-1])
+                if not unseen:
+                    break
+            if unseen or not packets or not packets[0].is_keyframe:
+                return None  # the video ended before a wanted frame (decoding from the start names it), or a bad seek
+            if shown[0] <= first:
+                break
+            if target <= 0:
+                return None
+            back = 2 * back + shown[0] - first + 1
+            target = first - back
+        else:
+            return None
+        # feed[k]: packet k is decoded; a run ends where the next fed packet is not the following one
+        feed = [False] * len(packets)
+        key = 0
+        for k, i in enumerate(shown):
+            if packets[k].is_keyframe and k:
+                key = k
+            if i in indices:
+                start_at = key
+                while start_at and shown[start_at] > i:  # a leading picture: back to the keyframe before
+                    start_at = max(j for j in range(start_at) if packets[j].is_keyframe)
+                feed[start_at:k + 1] = [True] * (k + 1 - start_at)
         codec = stream.codec_context
         out: list[tuple[int, np.ndarray]] = []
-        prev, unfed = None, set(indices)
+        prev = None
 
-        def take(frames) -> bool | None:
-            """Keep the wanted frames; True when the last one is in, None when the timing is not provable."""
+        def take(frames) -> bool:
+            """Keep the wanted frames; False when the timing does not prove the index."""
             nonlocal prev
             for frame in frames:
                 if frame.pts is None:
-                    return None
+                    return False
                 pos = (frame.pts - start) * num / den
                 i = round(pos)
                 if abs(pos - i) > 0.1 or (prev is None and i > first) or (prev is not None and i <= prev):
-                    return None
+                    return False
                 prev = i
                 if i in indices:
                     out.append((i, frame.to_ndarray(format="rgb24")))
-                if i >= last:
-                    return True
-            return False
+            return True
 
-        for packet in container.demux(stream):
-            if packet.pts is None and packet.dts is None and packet.size == 0:
-                break  # the demuxer's end-of-stream packet: drained below
-            i = None if packet.pts is None else round((packet.pts - start) * num / den)
-            wanted = i is None or i in indices
-            codec.skip_frame = "DEFAULT" if wanted else "NONREF"
-            done = take(codec.decode(packet))
-            if done is None:
+        for k, packet in enumerate(packets):
+            if not feed[k]:
+                continue
+            codec.skip_frame = "DEFAULT" if shown[k] in indices else "NONREF"
+            if not take(codec.decode(packet)):
                 return None
-            if done:
-                break
-            if i is not None:
-                unfed.discard(i)
-            if not unfed:  # every wanted picture is in the decoder: drain it rather than decode the next ones
-                done = take(codec.decode(None))
-                break
-        else:
-            done = take(codec.decode(None))
-        if not done:  # the video ended before the last wanted frame: decoding from the start names the missing one
-            return None
+            if k + 1 == len(packets) or not feed[k + 1]:  # end of a run: drain, then restart at a keyframe
+                if not take(codec.decode(None)):
+                    return None
+                codec.flush_buffers()
         return out if len(out) == len(indices) else None
 
 

@@ -1,5 +1,6 @@
-"""Reading only the wanted frames (seek to the keyframe before the first, stop after the last) returns exactly
-the frames of a full decode, for videos, frame folders and pixelSplat chunks."""
+"""Reading only the wanted frames (seek to the keyframe before the first, restart at keyframes between wanted
+frames, stop after the last) returns exactly the frames of a full decode, for closed and open GOPs, frame
+folders and pixelSplat chunks."""
 
 from fractions import Fraction
 
@@ -29,11 +30,13 @@ def drawn_index(img: np.ndarray) -> int:
     return sum(1 << b for b in range(6) if img[4:12, b * 10 + 2:b * 10 + 6].mean() > 128)
 
 
-def encode(path, pts=None) -> None:
+def encode(path, pts=None, open_gop: bool = False) -> None:
     with av.open(str(path), mode="w") as c:
         s = c.add_stream("libx264", rate=30)  # default preset: B-frames, so decode order != packet order
         s.width, s.height, s.pix_fmt = W, H, "yuv420p"
         s.options = {"crf": "18", "g": str(GOP), "keyint_min": str(GOP), "sc_threshold": "0"}
+        if open_gop:  # keyframes that are not IDR: B-frames after them in decode order refer to the GOP before
+            s.options |= {"x264-params": "open-gop=1"}
         tb = Fraction(1, 30 if pts is None else 1000)
         s.codec_context.time_base = tb
         for i in range(N):
@@ -63,6 +66,19 @@ def test_video_seek_equals_full_decode(video):
         got = read_frames(video, idx)
         assert np.array_equal(got, full[idx]), idx
         assert [drawn_index(f) for f in got] == idx
+
+
+def test_open_gop_leading_pictures_keep_their_references(tmp_path):
+    path = tmp_path / "open.mp4"
+    encode(path, open_gop=True)
+    with av.open(str(path)) as c:  # a keyframe followed (in decode order) by pictures shown before it
+        order = [(round(p.pts / 512), p.is_keyframe) for p in c.demux(video=0) if p.size]
+    k = next(n for n, (i, key) in enumerate(order) if key and i > 0)
+    assert order[k + 1][0] < order[k][0]
+    full = read_frames(path)
+    for idx in INDEX_SETS + [[10, 11, 12, 13], [22, 23, 35, 47]]:
+        assert _seek_frames(path, set(idx)) is not None, idx  # found by seeking further back, not the fallback
+        assert np.array_equal(read_frames(path, idx), full[idx]), idx
 
 
 def test_irregular_pts_fall_back_to_decoding_from_start(tmp_path):
