@@ -7,14 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from annotate.camera import camera_centres, orthonormality_error, rotation_angle, w2c_to_c2w
+from annotate.camera import camera_centres, look_at, orthonormality_error, rotation_angle, w2c_to_c2w
 from annotate.re10k import read_camera_file
 from train.inference.trajectory import (
     Trajectory,
     continuation_trajectory,
     keyframe_trajectory,
     load_trajectory,
-    look_at,
     preset_trajectory,
     re10k_trajectory,
     write_re10k,
