@@ -304,6 +304,7 @@ def test_generate_with_the_tiny_model_writes_the_edited_path(server, tmp_path):
     # the panel's Generate, as a click arrives: its settings come from the panel's widgets
     g = ed.gui
     g["steps"].value, g["prompt"].value, g["shaping"].value = 2, "a room", True
+    g["cfg"].value = 1.0  # no unconditional UNet call: half the time
     g["generate"].value = True
     status = g["status"].content
     assert status.startswith("wrote "), status
@@ -314,7 +315,8 @@ def test_generate_with_the_tiny_model_writes_the_edited_path(server, tmp_path):
     assert read_frames(paths["video"]).shape == (f, s, s, 3)
     np.testing.assert_allclose(_c2w(paths["trajectory"]), ed.trajectory().c2w, atol=1e-6)
     settings = json.loads(paths["settings"].read_text())
-    assert settings["options"]["steps"] == 2 and settings["shaped_timesteps"] == [999]
+    assert settings["options"]["steps"] == 2 and settings["options"]["cfg_scale"] == 1.0
+    assert settings["shaped_timesteps"] == [999]
     assert settings["inputs"]["keyframes"]["keyframes"][2]["c2w"][2][3] == pytest.approx(0.5)
     assert g["progress"].value == 100.0 and g["progress"].visible  # reset to 0 at the start, 100 at the last step
     assert paths["preview"].is_file() and paths["mask"].is_file()
