@@ -67,3 +67,13 @@ def resize_crop(images: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray
     x = F.interpolate(x, size=plan.resized_hw, mode="bilinear", align_corners=False, antialias=True)
     out = x[:, :, t:t + h, left:left + w].permute(0, 2, 3, 1).contiguous().numpy()
     return (out if images.ndim == 4 else out[0]), plan
+
+
+def resize_crop_map(values: np.ndarray, plan: ResizeCrop) -> np.ndarray:
+    """A float map of an image (metric depth) brought to the image's model crop: nearest neighbour to the plan's
+    resized size (never blending depths across an edge), then the same centre crop as :func:`resize_crop`."""
+    (rh, rw), (h, w) = plan.resized_hw, plan.out_hw
+    m = np.asarray(values, np.float32)
+    if m.shape != (rh, rw):
+        m = np.asarray(Image.fromarray(m).resize((rw, rh), Image.Resampling.NEAREST))  # float32: mode F
+    return np.ascontiguousarray(m[plan.top:plan.top + h, plan.left:plan.left + w])

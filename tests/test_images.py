@@ -80,3 +80,16 @@ def test_bad_inputs_are_named(tmp_path):
         load_image(bad)
     with pytest.raises(ValueError, match="expected uint8"):
         resize_crop(np.zeros((10, 10, 3), np.float32), (4, 4))
+
+
+def test_depth_maps_follow_the_image_crop_without_blending():
+    from annotate.images import resize_crop_map
+
+    cols = np.tile(np.arange(300, dtype=np.float32), (120, 1))  # each value names its source column
+    img = np.zeros((120, 300, 3), np.uint8)
+    _, plan = resize_crop(img, (48, 48))
+    m = resize_crop_map(cols, plan)
+    assert m.shape == (48, 48) and m.dtype == np.float32
+    assert set(np.unique(m)) <= set(range(300))  # nearest: only source values, no blend across a depth edge
+    centre = (np.arange(48) + plan.left + 0.5) * 2.5  # the output pixel centre in source coordinates
+    assert np.all(np.abs(m[0] + 0.5 - centre) <= 0.5 + 1e-6)  # the source pixel that contains it

@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from annotate.camera import ResizeCrop, backproject, invert_rigid, project, to_4x4  # backproject: also public here
-from annotate.images import load_image, resize_crop  # noqa: F401  (public here: sample, editor)
+from annotate.images import load_image, resize_crop, resize_crop_map  # noqa: F401  (public here: sample, editor)
 
 # ------------------------------------------------------------------------------------------------ image
 
@@ -46,9 +45,7 @@ def read_depth_file(path, image_hw0: tuple[int, int], plan: ResizeCrop, model_hw
     if depth.shape != tuple(image_hw0):
         raise ValueError(f"{path}: depth is {depth.shape}, expected the image size {tuple(image_hw0)} or "
                          f"{tuple(model_hw)}")
-    (rh, rw), (h, w) = plan.resized_hw, plan.out_hw
-    d = np.asarray(Image.fromarray(depth, mode="F").resize((rw, rh), Image.Resampling.NEAREST))
-    return d[plan.top:plan.top + h, plan.left:plan.left + w]
+    return resize_crop_map(depth, plan)
 
 
 def user_intrinsics(plan: ResizeCrop) -> np.ndarray:
