@@ -103,6 +103,11 @@ def test_keyframes_through_viser_give_the_camera_file(server, room_scene, tmp_pa
             ed.import_file(bad)
     with pytest.raises(ValueError):
         ed.import_upload("x.sh", b"#!/bin/sh")
+    for bad in (b'{"frames": 3}', b"[1, 2]", b"not json"):
+        with pytest.raises(ValueError, match="not a keyframe file"):
+            ed.import_upload("k.json", bad)
+    np.testing.assert_allclose(ed.trajectory().c2w, expected, atol=1e-8)  # a refused import changes nothing
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == sorted([path.name, keys.name, saved.name])
     assert not list(tmp_path.glob("*.json")) and not (tmp_path / "evil.json").exists()
     # presets become keyframes along the preset's path
     ed.set_options(loop=False)

@@ -438,9 +438,12 @@ class Editor:
             raise ValueError(f"{name!r} is not a camera or keyframe file in {self.export_dir}")
         path = self.export_dir / name
         if path.suffix.lower() == ".json":
-            keyframes, opts = read_keyframes_json(path)
-            self.loop, self.ease = bool(opts.get("loop", False)), bool(opts.get("ease", False))
-            self.set_keyframes(keyframes)
+            try:
+                keyframes, opts = read_keyframes_json(path)
+                self.set_keyframes(keyframes)
+            except (KeyError, TypeError, ValueError) as e:  # not keyframes: one line that names the file
+                raise ValueError(f"{path}: not a keyframe file ({e.__class__.__name__}: {e})") from None
+            self.set_options(loop=bool(opts.get("loop", False)), ease=bool(opts.get("ease", False)))
         else:  # a camera file: every line up to the clip length becomes a keyframe (exact round trip)
             n = min(len(path.read_text().splitlines()) - 1, MAX_FRAMES)
             traj = re10k_trajectory(path, max(n, 1), 1, image_hw=self.scene.hw)
@@ -461,8 +464,13 @@ class Editor:
         self.export_dir.mkdir(parents=True, exist_ok=True)
         path = self.export_dir / (self._new_stem("upload", (suffix,)) + suffix)
         atomic_write_bytes(path, content)
-        self._list_files()
-        self.import_file(path.name)
+        try:
+            self.import_file(path.name)
+        except BaseException:  # not importable: keep no copy of it
+            path.unlink(missing_ok=True)
+            raise
+        finally:
+            self._list_files()
         return path
 
     # -------------------------------------------------------------------------------- preview
