@@ -38,9 +38,15 @@ def main(argv: list[str] | None = None) -> int:
         print_config(cfg)
         return 0
     from .preflight import check_train
+    from .trainer import resolve_resume
 
+    problems = check_train(cfg, args.config, args.overrides)
     try:
-        check_train(cfg, args.config, args.overrides).raise_if_any()
+        resolve_resume(cfg)  # resume=none on a used folder, damaged checkpoints
+    except ConfigError as e:
+        problems.add(str(e))  # names its own fix
+    try:
+        problems.raise_if_any()
     except PreflightError as e:
         return report(e)
     if args.check:

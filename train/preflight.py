@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from annotate.config import ConfigError
 from annotate.preflight import (
     Problems,
     need_annotation_dir,
@@ -60,9 +59,9 @@ def check_backbone_preset(problems: Problems, preset: str, key: str) -> bool:
 
 
 def check_train(cfg, config_path: str | None = None, overrides: list[str] | None = None) -> Problems:
-    """Every problem of a trainer config that would stop the run later (``cfg`` is a checked TrainConfig)."""
-    from train.trainer import resolve_resume
-
+    """Every problem of a trainer config that would stop the run later (``cfg`` is a checked TrainConfig). The
+    resume check (``train.trainer.resolve_resume``) is added by ``python -m train``: inference imports this
+    module and stays apart from the trainer."""
     pb = Problems("python -m train")
     d, m, r = cfg.data, cfg.model, cfg.run
     need_annotation_dir(pb, d.annotation_dir, "data.annotation_dir")
@@ -79,10 +78,6 @@ def check_train(cfg, config_path: str | None = None, overrides: list[str] | None
     elif not tiny and not Path(m.checkpoint).is_dir():
         pb.add(f"model.tokenizer is empty, but the {m.preset} backbone's text encoder needs the CLIP tokenizer",
                f"model.tokenizer=pretrained/open_clip_tokenizer after downloading it ({ASSETS}, 'CLIP tokenizer')")
-    try:
-        resolve_resume(cfg)
-    except ConfigError as e:
-        pb.add(str(e))  # names its own fix
     need_output_folder(pb, r.output_dir, "run.output_dir")
     if r.deepspeed:
         if need_file(pb, r.deepspeed, "run.deepspeed", "give the DeepSpeed JSON (train/configs/deepspeed_zero1.json) "
