@@ -119,3 +119,6 @@ def test_folders_and_chunks_read_only_wanted_frames(tmp_path):
         assert np.array_equal(got, np.stack([drawn(i) for i in idx]))
         assert np.array_equal(read_frames(chunk, idx), full_chunk[idx])
         assert [drawn_index(f) for f in read_frames(chunk, idx)] == idx
+    # the loaded chunk is kept for the next read, but a rewritten chunk is read again
+    torch.save([{"key": "clipA", "images": blobs[::-1][:N - 1]}], tmp_path / "000000.torch")  # another size
+    assert [drawn_index(f) for f in read_frames(chunk, [0, 1])] == [N - 1, N - 2]
