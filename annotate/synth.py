@@ -292,7 +292,8 @@ def read_manifest_rows(path: str | os.PathLike) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    p = argparse.ArgumentParser(prog="python -m annotate.synth", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m annotate synth", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("out")
     d = SynthConfig()
     p.add_argument("--clips", type=int, default=d.clips)
