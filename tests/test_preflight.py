@@ -298,9 +298,15 @@ def test_help_lists_keys_types_defaults_choices():
     assert "debug_crash_ids" not in text
 
 
-def test_plain_commands_show_defaults_and_presets():
+def test_plain_commands_show_defaults_and_presets(capsys):
+    from annotate.__main__ import main as annotate_main
     from eval.cli import build_parser as eval_parser
     from train.sample import build_parser as sample_parser
+
+    for cmd, needle in (("synth", "usage: python -m annotate synth "), ("fetch", "(default: False)")):
+        with pytest.raises(SystemExit):
+            annotate_main([cmd, "--help"])
+        assert needle in " ".join(capsys.readouterr().out.split())
 
     text = " ".join(sample_parser().format_help().split())  # argparse wraps at the terminal width
     for needle in ("--steps STEPS", "DDIM steps (default: 25)", "(default: 7.5)", "(default: 12333)",
