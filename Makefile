@@ -33,8 +33,9 @@ install: $(STAMP) ## create .venv and install the project with its pinned depend
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff, and the import layering contracts of pyproject.toml (lint-imports)
 	$(VENV)/bin/ruff check annotate train eval tests
+	$(VENV)/bin/lint-imports
 
 sample: $(STAMP) ## render the default synthetic sample into data/sample (skipped if present)
 	@if [ -f $(SAMPLE)/manifest.csv ]; then echo "sample present: $(SAMPLE)"; else \
@@ -76,7 +77,7 @@ bench-eval: $(STAMP) ## video-trials per CPU-hour of `eval run` and the full pro
 train: $(STAMP) ## RealCam-I2V 256 on 8xH100 (DeepSpeed ZeRO-1, fp16); CONFIG=... ARGS="key=value ..."
 	$(VENV)/bin/accelerate launch --config_file train/configs/accelerate_8xh100.yaml -m train --config $(or $(CONFIG),train/configs/realcam_256_8xh100.yaml) $(ARGS)
 
-check-assets: $(STAMP) ## preflight of a trainer preset alone (inputs, checkpoint, launch): CONFIG=... ARGS="key=value ..."
+check-assets: $(STAMP) ## check a trainer preset's inputs (data, checkpoint, tokenizer) without starting it: CONFIG=... ARGS=...
 	$(PY) -m train --check --config $(or $(CONFIG),train/configs/realcam_256_8xh100.yaml) $(ARGS)
 
 train-tiny: $(STAMP) ## tiny preset on the CPU over the sample annotations (runs `make annotate` if needed)

@@ -100,6 +100,10 @@ def test_train_single_process_override_drops_the_launch_problem(tmp_path, monkey
     err = capsys.readouterr().err
     assert "accelerate launch" not in err and "mixed_precision" not in err
     assert "pretrained/DynamiCrafter/model.ckpt" in err and not run_dir.exists()
+    # --check (make check-assets) checks the inputs, not the launch: a login node has no GPU and no launcher
+    assert main(["--check", "--config", PRESET_8XH100, f"run.output_dir={run_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert "accelerate launch" not in err and "mixed_precision" not in err and "model.ckpt" in err
     # launched (accelerate launch / torchrun set these): the DeepSpeed preset is what was meant
     monkeypatch.setenv("WORLD_SIZE", "8")
     monkeypatch.setenv("LOCAL_RANK", "0")

@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__)
     add_config_arguments(p, TrainConfig, "trainer preset (train/configs/*.yaml) or a run's config.yaml")
     p.add_argument("--check", action="store_true",
-                   help="run the preflight only (inputs, checkpoint, launch) and exit: 0 when all is in place")
+                   help="check the inputs only (paths, checkpoint, tokenizer; not the launch) and exit: 0 when all "
+                        "is in place (make check-assets)")
     return p
 
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from .preflight import check_train
     from .trainer import resolve_resume
 
-    problems = check_train(cfg, args.config, args.overrides)
+    problems = check_train(cfg, args.config, args.overrides, launch=not args.check)
     try:
         resolve_resume(cfg)  # resume=none on a used folder, damaged checkpoints
     except ConfigError as e:
@@ -49,8 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         problems.raise_if_any()
     except PreflightError as e:
         return report(e)
-    if args.check:
+    if args.check:  # the assets only: where it is checked (a login node) is rarely where it runs
         print(f"preflight passed: every input of {args.config or 'the default config'} is in place")
+        if cfg.run.deepspeed:
+            print("launch it with: accelerate launch --config_file train/configs/accelerate_8xh100.yaml -m train "
+                  f"--config {args.config or 'CONFIG'} (= make train), or add run.deepspeed='' for one process")
         return 0
     from .trainer import TrainingError, train
 

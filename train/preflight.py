@@ -58,8 +58,10 @@ def check_backbone_preset(problems: Problems, preset: str, key: str) -> bool:
     return True
 
 
-def check_train(cfg, config_path: str | None = None, overrides: list[str] | None = None) -> Problems:
-    """Every problem of a trainer config that would stop the run later (``cfg`` is a checked TrainConfig). The
+def check_train(cfg, config_path: str | None = None, overrides: list[str] | None = None,
+                launch: bool = True) -> Problems:
+    """Every problem of a trainer config that would stop the run later (``cfg`` is a checked TrainConfig);
+    ``launch=False`` (``--check`` on a login node) leaves out the launch: accelerate launch and the GPU. The
     resume check (``train.trainer.resolve_resume``) is added by ``python -m train``: inference imports this
     module and stays apart from the trainer."""
     pb = Problems("python -m train")
@@ -81,14 +83,14 @@ def check_train(cfg, config_path: str | None = None, overrides: list[str] | None
     need_output_folder(pb, r.output_dir, "run.output_dir")
     if r.deepspeed:
         if need_file(pb, r.deepspeed, "run.deepspeed", "give the DeepSpeed JSON (train/configs/deepspeed_zero1.json) "
-                     "or run.deepspeed='' for plain DDP / one process", (".json",)) and not launched():
+                     "or run.deepspeed='' for plain DDP / one process", (".json",)) and launch and not launched():
             cmd = " ".join(["accelerate launch --config_file", ACCELERATE_8XH100, "-m train --config",
                             shlex.quote(config_path or "CONFIG"), *map(shlex.quote, overrides or [])])
             pb.add(f"run.deepspeed={r.deepspeed} is a multi-GPU DeepSpeed setup, but this process was not started "
                    "by accelerate launch (no WORLD_SIZE / LOCAL_RANK)",
                    f"launch it with `{cmd}` (= make train CONFIG={config_path or 'CONFIG'}), or add "
                    "run.deepspeed='' to train in this one process")
-    if r.mixed_precision == "fp16":
+    if launch and r.mixed_precision == "fp16":
         import torch
 
         if not torch.cuda.is_available():
