@@ -302,10 +302,10 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 30.0, 
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected uint8 [N,H,W,3] frames, got {frames.dtype} {frames.shape}")
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    from annotate.files import atomic_path
+
     h, w = frames.shape[1:3]
-    with av.open(str(tmp), mode="w") as container:
+    with atomic_path(path, keep_suffix=True) as tmp, av.open(str(tmp), mode="w") as container:  # PyAV: format by suffix
         stream = container.add_stream(codec, rate=int(round(fps)))
         stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p"
@@ -318,4 +318,3 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 30.0, 
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(tmp, path)
