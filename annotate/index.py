@@ -24,9 +24,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from annotate.files import atomic_write_text
 from annotate.layouts import CHUNK_SUFFIX, iter_chunk_clips, match_frame_folder
 from annotate.log import get_logger, setup_logging
-from annotate.manifest import write_manifest
+from annotate.manifest import relative_path, write_manifest
 from annotate.re10k import write_camera_file, youtube_id
 from annotate.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
@@ -108,13 +109,12 @@ def index(root: str | os.PathLike, out_manifest: str | os.PathLike, quiet: bool 
     root, out_manifest = Path(root), Path(out_manifest)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
-    base = out_manifest.resolve().parent
     side = out_manifest.with_name(out_manifest.name + ".clips")
     res = IndexResult(manifest=str(out_manifest))
     seen: dict[str, str] = {}
 
     def rel(p: Path) -> str:
-        return os.path.relpath(p.resolve(), base)
+        return relative_path(p, out_manifest)
 
     def depth_of(split: str, clip: str) -> Path | None:
         d = root / "depth" / split / f"{clip}.npz"
@@ -159,7 +159,7 @@ def index(root: str | os.PathLike, out_manifest: str | os.PathLike, quiet: bool 
                              "depth_path": rel(depth) if depth is not None else ""})
     write_manifest(res.rows, out_manifest)
     missing_side = out_manifest.with_name(out_manifest.name + ".missing.txt")
-    missing_side.write_text("".join(f"{m['clip_id']}\t{m['split']}\t{m['pose_path']}\n" for m in res.missing))
+    atomic_write_text(missing_side, "".join(f"{m['clip_id']}\t{m['split']}\t{m['pose_path']}\n" for m in res.missing))
     if not quiet:
         print_result(res)
     return res

@@ -137,6 +137,36 @@ def load(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+PATH_COLUMNS = ("pose_path", "video_path", "depth_path")
+
+
+def resolve_path(value, base: str | os.PathLike) -> str:
+    """One manifest path cell as a usable path: relative paths are relative to the manifest's folder ``base``;
+    an empty cell (or NaN from pandas) stays ''. A ``#key`` suffix (a clip inside a chunk file) is kept."""
+    v = _cell(value)
+    if not v:
+        return ""
+    p = Path(v)
+    return str(p if p.is_absolute() else Path(base) / p)
+
+
+def resolve_paths(row: dict, base: str | os.PathLike) -> dict:
+    """A copy of ``row`` with its path columns resolved by :func:`resolve_path`."""
+    row = dict(row)
+    for key in PATH_COLUMNS:
+        if key in row:
+            row[key] = resolve_path(row[key], base)
+        else:
+            row[key] = ""
+    return row
+
+
+def relative_path(path: str | os.PathLike, manifest: str | os.PathLike) -> str:
+    """How a manifest at ``manifest`` refers to ``path``: relative to the manifest's folder (the inverse of
+    :func:`resolve_path`), so the manifest and its files can move together."""
+    return os.path.relpath(Path(path).resolve(), Path(manifest).resolve().parent)
+
+
 def write_manifest(rows: list[dict], path: str | os.PathLike, columns: tuple[str, ...] = REQUIRED + OPTIONAL) -> None:
     """CSV, or Parquet when the suffix is ``.parquet``; atomic (temp file beside it, then rename)."""
     path = Path(path)
