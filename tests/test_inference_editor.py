@@ -198,6 +198,8 @@ def _request(port, path="/", headers=None, method="GET"):
 
 
 def test_foreign_host_and_origin_are_refused(server):
+    import msgspec
+    from viser._messages import ShareUrlRequest
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
@@ -218,6 +220,10 @@ def test_foreign_host_and_origin_are_refused(server):
     for origin in (f"http://{ok}", None):
         with connect(f"ws://{ok}", subprotocols=proto, origin=origin, open_timeout=10) as ws:
             assert ws.subprotocol == proto[0]
+            # the panel's share button asks the server for a public tunnel: refused (no tunnel, no network)
+            ws.send(msgspec.msgpack.encode(ShareUrlRequest().as_serializable_dict()))
+            time.sleep(0.5)
+            assert server._share_tunnel is None
     for origin in ("http://evil.example", f"http://evil.example:{port}", "null", f"https://{ok}.evil.example"):
         with pytest.raises(InvalidStatus) as e:
             connect(f"ws://{ok}", subprotocols=proto, origin=origin, open_timeout=10)

@@ -14,9 +14,9 @@ websocket handshake before viser does, and answers 403 when
   it with every websocket handshake, so a foreign page is refused; clients without one (scripts on this
   machine) are not browsers and pass.
 
-This relies on viser internals (its ``WebsockServer`` and the ``websockets`` ``Server`` object), so the tests
-make real handshakes against it; if a viser upgrade moves them, :func:`guard_server` raises rather than serving
-unguarded.
+It also switches off viser's public share links (:func:`no_share_links`). This relies on viser internals (its
+``WebsockServer`` and the ``websockets`` ``Server`` object), so the tests make real handshakes against it; if a
+viser upgrade moves them, :func:`guard_server` raises rather than serving unguarded.
 """
 
 from __future__ import annotations
@@ -153,4 +153,15 @@ def guard_server(server, allowed: AllowedHosts) -> None:
             return check(connection, request) or (inner(connection, request) if inner is not None else None)
 
     ws.process_request = process_request
+    no_share_links(server)
     server._websock_server.disconnect_all_clients()
+
+
+def no_share_links(server) -> None:
+    """viser's panel has a share button, and any client may send its ShareUrlRequest: the server then opens a
+    public tunnel through viser's share service, putting the editor (edit, export, generate; no authentication)
+    on the internet. Hide the button and drop the server's handler for the request."""
+    from viser import _messages
+
+    server.gui.configure_theme(show_share_button=False)
+    server._websock_server.unregister_handler(_messages.ShareUrlRequest)
