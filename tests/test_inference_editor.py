@@ -269,6 +269,17 @@ def test_command_line(tmp_path, monkeypatch, capsys, room_scene):
     np.testing.assert_allclose(_c2w(seen["path"])[-1][:3, 3], [0, 0, 0.2 * np.median(room_scene.depth)], rtol=1e-6)
 
 
+def test_image_with_the_depth_model(room_scene, tiny_depth_model, tmp_path):
+    """Without --depth-file the depth comes from Depth Anything V2 (a tiny random one here), at the model size."""
+    from train.inference.editor import open_image
+
+    Image.fromarray(room_scene.image).save(tmp_path / "room.png")
+    scene = open_image(tmp_path / "room.png", (32, 48), depth_model=str(tiny_depth_model))
+    assert scene.image.shape == (32, 48, 3) and scene.depth.shape == (32, 48)
+    assert np.isfinite(scene.depth).all() and (scene.depth > 0).all()
+    np.testing.assert_allclose(scene.intr, [24.0, 24.0, 24.0, 16.0])  # 64x48 -> 48x36 -> crop: f = 0.5 * 48
+
+
 def test_clip_from_an_annotation_folder(train_annotations, tmp_path):
     """--annotations OUT --clip ID: the clip's first frame, its intrinsics, and its metric cameras as keyframes."""
     from annotate.video import read_frames
