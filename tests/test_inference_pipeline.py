@@ -173,6 +173,29 @@ def test_camera_plugin_loads_and_controls_the_camera(tmp_path, scene, plugin_fil
         load_camera_plugin(build_tiny_model(tmp_path / "tok2", seed=0), plugin_file, CameraConfig(kind="cameractrl"))
 
 
+def test_validation_sample_is_the_pipeline_sample(tmp_path, scene, plugin_file):
+    """The trainer's validation videos and inference run one sampling loop: the same image, caption, cameras
+    and seed give the same video, bit for bit."""
+    from train.config import ValidationConfig
+    from train.inference.pipeline import to_uint8
+    from train.inference.plugin import load_camera_plugin
+    from train.trainer import validation_video
+
+    img, _, img2 = scene
+    model = build_tiny_model(tmp_path / "tok", seed=0)
+    plugin = load_camera_plugin(model, plugin_file)
+    traj = _traj()
+    ours = Pipeline(model, plugin).generate(img, INTR, traj, _opts(seed=0), preview=False)
+    sample = {"video": to_tensor(np.stack([img] + [img2] * (F - 1)), "cpu")[0], "caption": "a room", "stride": 3,
+              "c2w": torch.tensor(traj.c2w, dtype=torch.float32),
+              "intrinsics": torch.tensor(traj.intrinsics_for(INTR), dtype=torch.float32)}
+    vc = ValidationConfig(steps=3, spacing="uniform_trailing", eta=1.0, cfg_scale=7.5, guidance_rescale=0.7)
+    video = validation_video(model, plugin, sample, vc, "fs", seed=0)
+    np.testing.assert_array_equal(to_uint8(video), ours.video)
+    other = validation_video(model, plugin, sample, vc, "fs", seed=1)
+    assert not np.array_equal(to_uint8(other), ours.video)
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 

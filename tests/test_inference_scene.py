@@ -156,7 +156,9 @@ def test_noise_shaping_steps_and_paste_values():
     g = torch.Generator().manual_seed(0)
     z = torch.randn(1, 4, 3, 4, 4, generator=g)
     mask = (torch.rand(3, 4, 4, generator=g) > 0.5).float()
-    shaper = NoiseShaper(sched, z, mask, threshold=900, generator=torch.Generator().manual_seed(1), keep_noise=True)
+    shaper = NoiseShaper(sched, z, mask, threshold=900, generator=torch.Generator().manual_seed(1))
+    noise_gen = torch.Generator().manual_seed(1)  # the shaper's noise: successive draws of its generator
+    noises = [torch.randn(z.shape, generator=noise_gen) for _ in range(3)]
     log = []
 
     def hook(index, t, x):
@@ -177,7 +179,7 @@ def test_noise_shaping_steps_and_paste_values():
     for k, (t, before, after) in enumerate(log):
         torch.testing.assert_close(seen[k], after)  # the UNet sees the shaped x_t
         if k < 3:
-            expect = sched.q_sample(z, torch.tensor([t]), shaper.noises[k]) * m + (1 - m) * before
+            expect = sched.q_sample(z, torch.tensor([t]), noises[k]) * m + (1 - m) * before
             torch.testing.assert_close(after, expect)
             torch.testing.assert_close(after * (1 - m), before * (1 - m))
         else:

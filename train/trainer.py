@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import time
 from contextlib import nullcontext
@@ -38,209 +37,77 @@ from torch.utils.data import DataLoader
 
 from annotate.camera import c2w_to_w2c, intrinsics_to_normalized
 from annotate.config import ConfigError, dump_yaml
+from annotate.files import atomic_write_text
+from annotate.log import get_logger, progress_bar, setup_logging
+from annotate.provenance import TRAIN_PACKAGES, versions
 
-from .camera import CameraControlledUNet, CameraPlugin, count_parameters
+from .build import build_backbone, build_plugin, dropout_off, freeze
+from .camera import CameraControlledUNet, count_parameters
 from .camera.modes import concat_condition, plugin_metadata
-from .config import TrainConfig
+from .config import TrainConfig, ValidationConfig
 from .data import CameraVideoDataset, ResumableSampler, collate
+from .run_folder import (  # noqa: F401 - find_checkpoint, intact_checkpoint, verify_checkpoint: re-exported
+    CKPT_RE,
+    PLUGIN_FILE,
+    STATE_FILE,
+    find_checkpoint,
+    intact_checkpoint,
+    resolve_resume,
+    verify_checkpoint,
+)
 
-log = logging.getLogger("realcam.train")
-
-CKPT_RE = re.compile(r"^step-(\d{7})$")
-STATE_FILE = "trainer_state.json"
-PLUGIN_FILE = "plugin.safetensors"
-
+log = get_logger("train")
 
 class TrainingError(RuntimeError):
     """The run cannot go on (non-finite steps in a row, non-finite weights); the message is one line."""
-
-
-# ------------------------------------------------------------------------------------------------ run folder
-
-
-def find_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """Newest complete checkpoint (final name + trainer state); temp folders never match."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return None
-    done = [p for p in root.iterdir() if CKPT_RE.match(p.name) and (p / STATE_FILE).exists()]
-    return max(done, key=lambda p: int(CKPT_RE.match(p.name)[1]), default=None)
-
-
-def _nonneg_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def verify_checkpoint(path: str | os.PathLike) -> str | None:
-    """None if the checkpoint is intact, else why not, naming the file: trainer_state.json parses with
-    non-negative steps matching the folder name, every file it lists has its recorded size (older checkpoints
-    without the list: plugin.safetensors present), plugin.safetensors reads with every tensor finite, and the
-    torch zip files (optimizer, DeepSpeed states) pass their CRC check. Nothing is unpickled."""
-    import zipfile
-
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    try:
-        state = json.loads((path / STATE_FILE).read_text())
-    except FileNotFoundError:
-        return f"{STATE_FILE}: missing"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return f"{STATE_FILE}: not readable JSON ({e.__class__.__name__}: {e})"
-    if not isinstance(state, dict):
-        return f"{STATE_FILE}: not a JSON object"
-    for key in ("global_step", "micro_step"):
-        if not _nonneg_int(state.get(key)):
-            return f"{STATE_FILE}: {key} must be a non-negative integer, got {state.get(key)!r}"
-    if not isinstance(state.get("sampler"), dict):
-        return f"{STATE_FILE}: sampler state missing"
-    m = CKPT_RE.match(path.name)
-    if m and int(m[1]) != state["global_step"]:
-        return f"{STATE_FILE}: global_step {state['global_step']} does not match the folder name {path.name}"
-    files = state.get("files", {PLUGIN_FILE: None})
-    if not isinstance(files, dict):
-        return f"{STATE_FILE}: files must be an object of file sizes"
-    for name, size in sorted(files.items()):
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            return f"{STATE_FILE}: file {name!r} lies outside the checkpoint"
-        f = path / name
-        if not f.is_file():
-            return f"{name}: missing"
-        if size is not None and f.stat().st_size != size:
-            return f"{name}: {f.stat().st_size} bytes, {size} recorded (truncated or replaced)"
-        if f.suffix in (".bin", ".pt"):
-            try:
-                with zipfile.ZipFile(f) as z:
-                    bad = z.testzip()
-            except (OSError, zipfile.BadZipFile) as e:
-                return f"{name}: not a readable torch file ({e})"
-            if bad is not None:
-                return f"{name}: damaged (CRC error in {bad})"
-    try:
-        weights = load_file(str(path / PLUGIN_FILE))
-    except (OSError, SafetensorError, ValueError, RuntimeError) as e:
-        return f"{PLUGIN_FILE}: not readable ({e.__class__.__name__}: {e})"
-    if not weights:
-        return f"{PLUGIN_FILE}: holds no tensors"
-    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        return f"{PLUGIN_FILE}: {len(bad)} tensors with non-finite values (first: {sorted(bad)[0]})"
-    return None
-
-
-def intact_checkpoint(output_dir: str | os.PathLike) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """Newest intact checkpoint of a run and the damaged ones newer than it (with the reason)."""
-    root = Path(output_dir) / "checkpoints"
-    found = sorted((p for p in root.iterdir() if CKPT_RE.match(p.name)), reverse=True) if root.is_dir() else []
-    damaged = []
-    for p in found:
-        why = verify_checkpoint(p)
-        if why is None:
-            return p, damaged
-        damaged.append((p, why))
-    return None, damaged
-
-
-def resolve_resume(cfg: TrainConfig, damaged: list | None = None) -> Path | None:
-    """Which checkpoint to load; raises for resume=none on a non-empty folder without overwrite, for a damaged
-    resume=FOLDER, and when every checkpoint of resume=auto is damaged. The damaged checkpoints newer than the
-    one chosen are appended to ``damaged`` as (folder, reason)."""
-    out = Path(cfg.run.output_dir)
-    if cfg.resume == "none":
-        if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-            raise ConfigError(f"run.output_dir {out} is not empty; resume=none refuses to overwrite it "
-                              "(pass overwrite=true, or resume=auto to continue it)")
-        return None
-    if cfg.resume == "auto":
-        path, bad = intact_checkpoint(out)
-        if bad and path is None:
-            raise ConfigError(f"no intact checkpoint in {out / 'checkpoints'}: " + "; ".join(
-                f"{p.name}/{why}" for p, why in bad) + " (resume=none overwrite=true starts afresh)")
-        if damaged is not None:
-            damaged += bad
-        return path
-    path = Path(cfg.resume)
-    if not (path / STATE_FILE).exists():
-        raise ConfigError(f"resume={path}: not a complete checkpoint (no {STATE_FILE})")
-    why = verify_checkpoint(path)
-    if why is not None:
-        raise ConfigError(f"resume={path}: damaged checkpoint: {why}")
-    return path
-
-
-def versions() -> dict:
-    import accelerate
-    import diffusers
-    import transformers
-
-    out = {"torch": str(torch.__version__), "accelerate": accelerate.__version__, "diffusers": diffusers.__version__,
-           "transformers": transformers.__version__}
-    try:
-        from importlib.metadata import version
-
-        out["realcam"] = version("realcam")
-    except Exception:  # noqa: BLE001
-        pass
-    try:
-        import deepspeed
-
-        out["deepspeed"] = deepspeed.__version__
-    except Exception:  # noqa: BLE001
-        pass
-    return out
 
 
 def step_seed(seed: int, rank: int, micro_step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, micro_step]).generate_state(1, np.uint64)[0] % (2**63))
 
 
-# ------------------------------------------------------------------------------------------------ model
-
-
-def build_backbone(cfg: TrainConfig, scratch: Path):
-    from .dynamicrafter import config as dcfg
-    from .dynamicrafter.conditioning import Tokenizer
-    from .dynamicrafter.model import DynamiCrafter, load_dynamicrafter
-    from .dynamicrafter.tiny import build_tiny_model
-
-    mcfg = dcfg.load_config(cfg.model.preset)
-    mcfg.unet.use_checkpoint = cfg.model.gradient_checkpointing
-    if cfg.model.checkpoint:
-        tok = Tokenizer(cfg.model.tokenizer, mcfg.text_encoder.context_length) if cfg.model.tokenizer else None
-        return load_dynamicrafter(cfg.model.checkpoint, config=mcfg, tokenizer=tok)
-    if mcfg.name.endswith("tiny") and not cfg.model.tokenizer:
-        return build_tiny_model(scratch / "tokenizer", seed=cfg.run.seed % (2**31), config=mcfg)
-    log.warning("model.checkpoint is empty: random backbone weights")
-    if cfg.model.tokenizer:
-        mcfg.text_encoder.tokenizer_path = cfg.model.tokenizer
-    return DynamiCrafter(mcfg).eval()
-
-
-def freeze(backbone: torch.nn.Module) -> None:
-    backbone.requires_grad_(False)
-    backbone.eval()
-
-
-def dropout_off(module: torch.nn.Module) -> None:
-    """Frozen backbone: no dropout, but keep `training` on the blocks so gradient checkpointing stays active."""
-    for m in module.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.eval()
-
-
 # ------------------------------------------------------------------------------------------------ trainer
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig):
-        from accelerate import Accelerator
-        from accelerate.utils import DeepSpeedPlugin, ProjectConfiguration, set_seed
+    """One training run: ``Trainer(cfg).train()``. Construction checks the run folder, starts Accelerate, writes
+    config.yaml, builds the frozen backbone with the trainable plug-in and the data, and prepares the engine."""
 
+    def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.out = Path(cfg.run.output_dir)
         damaged: list[tuple[Path, str]] = []
-        resume_from = resolve_resume(cfg, damaged)  # every rank checks before anyone writes
+        self.resume_from = resolve_resume(cfg, damaged)  # every rank checks before anyone writes
+        self.accelerator = self._start_accelerator()
+        self.is_ds = self.accelerator.state.deepspeed_plugin is not None
+        acc = self.accelerator
+        setup_logging(default=logging.INFO, main_process=acc.is_main_process,
+                      rank=acc.process_index if acc.num_processes > 1 else None)
+        if acc.is_main_process:
+            self._prepare_run_folder(damaged)
+        acc.wait_for_everyone()
+        self._set_runtime()
+        self._build_model()
+        self._build_data()
+        self._prepare_engine()
+        from .cache import EncoderCache
+
+        self.cache = EncoderCache(cfg.run.cache_dir) if cfg.run.cache_dir else None
+        self._const: dict[str, torch.Tensor] = {}
+        self.global_step = 0
+        self.micro_step = 0
+        self.skipped = 0
+        self.nonfinite_steps = 0  # optimizer steps skipped for a non-finite loss or gradient
+        self.nonfinite_in_a_row = 0
+        self.last_checkpoint: Path | None = self.resume_from
+
+    def _start_accelerator(self):
+        """Accelerate with DeepSpeed from run.deepspeed (unless `accelerate launch` configured it) and the
+        trackers asked for."""
+        from accelerate import Accelerator
+        from accelerate.utils import DeepSpeedPlugin, ProjectConfiguration
+
+        cfg = self.cfg
         ga = cfg.optim.gradient_accumulation_steps
         ds_plugin = None
         env_ds = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
@@ -257,42 +124,49 @@ class Trainer:
                 trackers.append("wandb")
             except ImportError:
                 log.warning("run.wandb=true but wandb is not installed: not logging to wandb")
-        self.accelerator = acc = Accelerator(
+        return Accelerator(
             gradient_accumulation_steps=ga, mixed_precision=cfg.run.mixed_precision, log_with=trackers or None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tensorboard")),
             deepspeed_plugin=ds_plugin,
             # without cpu=True Accelerate ignores torchrun's WORLD_SIZE on a CPU-only machine (gloo DDP tests)
             cpu=not torch.cuda.is_available() and ds_plugin is None and not env_ds)
-        self.is_ds = acc.state.deepspeed_plugin is not None
-        logging.basicConfig(level=logging.INFO if acc.is_main_process else logging.WARNING,
-                            format=f"%(asctime)s [rank {acc.process_index}] %(name)s: %(message)s", force=True)
-        if acc.is_main_process:
-            for path, why in damaged:  # out of the way of resume and of checkpoints_total_limit, kept for a look
-                aside = path.with_name(f"damaged-{path.name}")
-                log.warning("checkpoint %s is damaged (%s): renamed %s, resuming from %s", path, why, aside.name,
-                            resume_from.name)
-                shutil.rmtree(aside, ignore_errors=True)
-                os.replace(path, aside)
-            if resume_from is None and cfg.resume == "none" and self.out.exists():
-                shutil.rmtree(self.out)  # overwrite=true (checked above)
-            self.out.mkdir(parents=True, exist_ok=True)
-            meta = {"meta": {"versions": versions(), "world_size": acc.num_processes, "deepspeed": self.is_ds}}
-            (self.out / "config.yaml").write_text(dump_yaml(cfg) + yaml.safe_dump(meta, sort_keys=False))
-        acc.wait_for_everyone()
+
+    def _prepare_run_folder(self, damaged: list[tuple[Path, str]]) -> None:
+        """Main process: set damaged checkpoints aside, clear the folder for overwrite=true, write config.yaml."""
+        cfg, acc = self.cfg, self.accelerator
+        for path, why in damaged:  # out of the way of resume and of checkpoints_total_limit, kept for a look
+            aside = path.with_name(f"damaged-{path.name}")
+            log.warning("checkpoint %s is damaged (%s): renamed %s, resuming from %s", path, why, aside.name,
+                        self.resume_from.name)
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(path, aside)
+        if self.resume_from is None and cfg.resume == "none" and self.out.exists():
+            shutil.rmtree(self.out)  # overwrite=true (checked above)
+        self.out.mkdir(parents=True, exist_ok=True)
+        meta = {"meta": {"versions": versions(TRAIN_PACKAGES, skip_missing=True), "world_size": acc.num_processes,
+                         "deepspeed": self.is_ds}}
+        atomic_write_text(self.out / "config.yaml", dump_yaml(cfg) + yaml.safe_dump(meta, sort_keys=False))
+
+    def _set_runtime(self) -> None:
+        """TF32, CPU threads and the global seeds (seed + rank, as the reference)."""
+        from accelerate.utils import set_seed
+
+        cfg, acc = self.cfg, self.accelerator
         if cfg.run.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         if cfg.run.cpu_threads and acc.device.type == "cpu":
             torch.set_num_threads(cfg.run.cpu_threads)
         set_seed(cfg.run.seed + acc.process_index)  # reference: seed + rank
-        self.resume_from = resume_from
 
-        # ---- model: frozen backbone, trainable plug-in
+    def _build_model(self) -> None:
+        """Frozen backbone in the compute dtype, trainable plug-in (fp32: AMP master weights), AdamW."""
+        cfg, acc = self.cfg, self.accelerator
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.run.mixed_precision, torch.float32)
         scratch = self.out / ".scratch" / f"rank{acc.process_index}"
         self.backbone = build_backbone(cfg, scratch)
         freeze(self.backbone)
-        self.plugin = CameraPlugin(self.backbone.unet, cfg.camera)
+        self.plugin = build_plugin(self.backbone, cfg.camera)
         self.model = CameraControlledUNet(self.backbone.unet, self.plugin)
         trainable, _ = count_parameters(self.plugin)
         unet_frozen = sum(p.numel() for p in self.backbone.unet.parameters())
@@ -307,7 +181,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                            weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps)
 
-        # ---- data: our own rank-sharded resumable sampler (not prepared, so the order is exactly ours)
+    def _build_data(self) -> None:
+        """Datasets and our own rank-sharded resumable sampler (not prepared, so the order is exactly ours)."""
+        cfg, acc = self.cfg, self.accelerator
         self.train_set = CameraVideoDataset(cfg.data, train=True, seed=cfg.run.seed, modes=cfg.modes)
         self.val_set = CameraVideoDataset(cfg.data, train=False, seed=cfg.run.seed)
         if len(self.train_set) == 0:
@@ -317,6 +193,9 @@ class Trainer:
         acc.print(f"data: {len(self.train_set)} train clips ({self.sampler.batches_per_epoch} batches/epoch/rank), "
                   f"{len(self.val_set)} validation clips")
 
+    def _prepare_engine(self) -> None:
+        """``accelerator.prepare`` (DDP or DeepSpeed), training flags, checkpoint hooks, trackers."""
+        cfg, acc = self.cfg, self.accelerator
         if self.is_ds:
             dsc = acc.state.deepspeed_plugin.deepspeed_config
             dsc["train_micro_batch_size_per_gpu"] = cfg.run.batch_size
@@ -335,17 +214,6 @@ class Trainer:
         acc.register_load_state_pre_hook(self._load_hook)
         if acc.is_main_process:
             acc.init_trackers("realcam", config={k: v for k, v in _flat(cfg).items()})
-
-        from .cache import EncoderCache
-
-        self.cache = EncoderCache(cfg.run.cache_dir) if cfg.run.cache_dir else None
-        self._const: dict[str, torch.Tensor] = {}
-        self.global_step = 0
-        self.micro_step = 0
-        self.skipped = 0
-        self.nonfinite_steps = 0  # optimizer steps skipped for a non-finite loss or gradient
-        self.nonfinite_in_a_row = 0
-        self.last_checkpoint: Path | None = resume_from
 
     # -------------------------------------------------------------------------------- checkpoint hooks
     def _save_hook(self, models, weights, output_dir):
@@ -515,13 +383,16 @@ class Trainer:
             self.precompute_cache(cfg.run.cache_epochs)
         loader = DataLoader(self.train_set, batch_size=cfg.run.batch_size, sampler=self.sampler, collate_fn=collate,
                             num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(), drop_last=True)
-        ga = acc.gradient_accumulation_steps
-        global_batch = cfg.run.batch_size * acc.num_processes * ga
-        bar = None
-        if cfg.run.progress and acc.is_local_main_process:
-            from tqdm.auto import tqdm
+        with progress_bar("train", cfg.run.max_steps, enabled=cfg.run.progress and acc.is_local_main_process,
+                          completed=self.global_step, transient=False) as bar:
+            last = self._loop(loader, bar)
+        acc.end_training()
+        return last or {}
 
-            bar = tqdm(total=cfg.run.max_steps, initial=self.global_step, desc="train", unit="step")
+    def _loop(self, loader: DataLoader, bar) -> dict | None:
+        """Optimizer steps until run.max_steps, with logging, validation and checkpoints; the last logged row."""
+        cfg, acc = self.cfg, self.accelerator
+        global_batch = cfg.run.batch_size * acc.num_processes * acc.gradient_accumulation_steps
         last = None
         t_step = time.perf_counter()
         losses, clip_ids = [], []
@@ -578,9 +449,7 @@ class Trainer:
                             f"{self.global_step - self.nonfinite_in_a_row + 1}-{self.global_step}) had a non-finite "
                             f"loss or gradients (limit optim.max_nonfinite_steps={limit}); stopping. Newest good "
                             f"checkpoint: {self.last_checkpoint or 'none'}")
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{sps:.2f}")
+                bar.update(completed=self.global_step, info=f"loss {mean_loss:.4f}  {sps:.2f} samples/s")
                 v = cfg.validation.every
                 if v and self.global_step % v == 0:
                     self.validate()
@@ -591,10 +460,7 @@ class Trainer:
                     t_step = time.perf_counter()
                 if self.global_step >= cfg.run.max_steps:
                     break
-        if bar is not None:
-            bar.close()
-        acc.end_training()
-        return last or {}
+        return last
 
     def _nonfinite_step(self, losses: list[torch.Tensor], grad_norm) -> bool:
         """Whether this optimizer step had a non-finite loss (any micro-step, any rank) or gradient norm (under
@@ -651,17 +517,12 @@ class Trainer:
         from annotate.re10k import CameraTrajectory, write_camera_file
         from annotate.video import write_video
 
-        cfg, bb, dev = self.cfg, self.backbone, self.accelerator.device
-        vc = cfg.validation
-        video = sample["video"][None].to(dev, self.weight_dtype)
+        cfg = self.cfg
+        video = sample["video"][None].to(self.weight_dtype).float()  # as the model sees it (fp16 runs round)
         _, _, f, h, w = video.shape
-        c2w, intr = sample["c2w"][None].to(dev), sample["intrinsics"][None].to(dev)
-        cond = model.plugin.condition(c2w, intr, (h, w), torch.Generator().manual_seed(0))
-        fs = sample["stride"] if cfg.model.fs_type == "fs" else sample["fps"]
-        gen = bb.sample(video[:, :, 0], sample["caption"], frames=f, steps=vc.steps, spacing=vc.spacing, eta=vc.eta,
-                        cfg_scale=vc.cfg_scale, guidance_rescale=vc.guidance_rescale, fs=fs, seed=cfg.run.seed,
-                        adapter_cond=cond)
-        both = torch.cat([gen.float().cpu(), video.float().cpu()], dim=-1)[0]  # generated | ground truth
+        gen = validation_video(self.backbone, model.plugin, sample, cfg.validation, cfg.model.fs_type, cfg.run.seed,
+                               self.accelerator.device, self.weight_dtype)
+        both = torch.cat([gen.float().cpu(), video], dim=-1)[0]  # generated | ground truth
         frames = ((both.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
         name = sample["clip_id"]
         write_video(folder / f"{name}.mp4", frames, fps=8)
@@ -669,6 +530,23 @@ class Trainer:
         w2c = c2w_to_w2c(sample["c2w"].double().numpy())[:, :3, :]
         stamps = sample["frame_indices"].numpy().astype(np.int64)
         write_camera_file(folder / f"{name}_camera.txt", CameraTrajectory(f"clip://{name}", stamps, intr_norm, w2c))
+
+
+@torch.no_grad()
+def validation_video(backbone, plugin, sample: dict, vc: ValidationConfig, fs_type: str, seed: int,
+                     device=None, dtype=None) -> torch.Tensor:
+    """The generated video [1, 3, F, H, W] in ~[-1, 1] of one validation sample: its first frame, caption and
+    cameras, DDIM with ``seed`` through ``DynamiCrafter.sample`` (the loop train/inference uses too), the
+    plug-in's camera condition (epipolar generator seed 0) on the conditional and unconditional calls."""
+    device = backbone.device if device is None else device
+    video = sample["video"][None].to(device, backbone.dtype if dtype is None else dtype)
+    _, _, f, h, w = video.shape
+    c2w, intr = sample["c2w"][None].to(device), sample["intrinsics"][None].to(device)
+    cond = plugin.condition(c2w, intr, (h, w), torch.Generator().manual_seed(0))
+    fs = sample["stride"] if fs_type == "fs" else sample["fps"]
+    return backbone.sample(video[:, :, 0], sample["caption"], frames=f, steps=vc.steps, spacing=vc.spacing,
+                           eta=vc.eta, cfg_scale=vc.cfg_scale, guidance_rescale=vc.guidance_rescale, fs=fs, seed=seed,
+                           adapter_cond=cond)
 
 
 def _flat(cfg: TrainConfig) -> dict:

@@ -162,32 +162,63 @@ class DynamiCrafter(nn.Module):
         Unset options take the preset's `sampling` defaults. Deterministic for a given `seed`/`generator`.
         `unet_kwargs` (e.g. `adapter_cond`) go to every UNet call, conditional and unconditional.
         """
-        s = self.cfg.sampling
-        frames = frames or s.frames
+        frames = frames or self.cfg.sampling.frames
         prompts = [prompts] * image.shape[0] if isinstance(prompts, str) else list(prompts)
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
         cond, uncond = self.get_conditioning(image, prompts, frames, generator, last_image)
-        b, c, _, h, w = cond["concat"].shape
+        latents = self.denoise(cond, uncond, steps=steps, spacing=spacing, eta=eta, cfg_scale=cfg_scale,
+                               guidance_rescale=guidance_rescale, fs=fs, generator=generator, **unet_kwargs)
+        if return_latents:
+            return latents
+        return self.decode_first_stage(latents)
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        cond: dict,
+        uncond: dict | None,
+        *,
+        steps: int | None = None,
+        spacing: str | None = None,
+        eta: float | None = None,
+        cfg_scale: float | None = None,
+        guidance_rescale: float | None = None,
+        fs: int | None = None,
+        generator: torch.Generator | None = None,
+        x_t_hook=None,
+        progress: bool = False,
+        **unet_kwargs,
+    ) -> torch.Tensor:
+        """The one DDIM + CFG loop (validation samples and train/inference): conditioning of
+        :meth:`get_conditioning` -> latents [b, 4, T, h, w] (float32). The frame count and latent size come
+        from ``cond["concat"]``; unset options take the preset's `sampling` defaults.
+
+        ``x_t_hook(index, t, x_t) -> x_t`` runs before every UNet call (noise shaping, continuation pasting:
+        train/inference/shaping.py); ``progress`` shows a bar over the steps on stderr."""
+        from annotate.log import progress_bar
+
+        s = self.cfg.sampling
+        b, _, frames, h, w = cond["concat"].shape
         fs_t = torch.full((b,), s.fs if fs is None else fs, dtype=torch.long, device=self.device)
         sampler = DDIMSampler(self.schedule, steps or s.steps, spacing or s.spacing, s.eta if eta is None else eta)
 
         def model_fn(x, t, c_):
             return self.apply_model(x.to(self.dtype), t, c_, fs=fs_t, **unet_kwargs).float()
 
-        latents = sampler.sample(
-            model_fn,
-            (b, self.cfg.unet.out_channels, frames, h, w),
-            cond,
-            uncond,
-            guidance_scale=s.cfg_scale if cfg_scale is None else cfg_scale,
-            guidance_rescale=s.guidance_rescale if guidance_rescale is None else guidance_rescale,
-            generator=generator,
-            device=self.device,
-        )
-        if return_latents:
-            return latents
-        return self.decode_first_stage(latents)
+        with progress_bar("DDIM", len(sampler.timesteps), enabled=progress) as bar:
+            return sampler.sample(
+                model_fn,
+                (b, self.cfg.unet.out_channels, frames, h, w),
+                cond,
+                uncond,
+                guidance_scale=s.cfg_scale if cfg_scale is None else cfg_scale,
+                guidance_rescale=s.guidance_rescale if guidance_rescale is None else guidance_rescale,
+                generator=generator,
+                device=self.device,
+                callback=(lambda i, x, x0: bar.advance()) if progress else None,
+                x_t_hook=x_t_hook,
+            )
 
 
 # ------------------------------------------------------------------------------------------ key conversion

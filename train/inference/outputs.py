@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from annotate.files import atomic_write_text
+from annotate.files import atomic_path, write_json
 from annotate.video import write_video
 
 from .trajectory import Trajectory, write_re10k
@@ -38,7 +37,8 @@ def write_outputs(out_dir: str | Path, result, image_intr: np.ndarray, image_hw:
         write_video(out / PREVIEW, result.preview, fps=fps)
         paths["preview"] = out / PREVIEW
     if result.pixel_mask is not None:
-        Image.fromarray(mask_strip(result.pixel_mask, result.latent_mask)).save(out / MASK)
+        with atomic_path(out / MASK, keep_suffix=True) as tmp:  # PIL picks the format from the suffix
+            Image.fromarray(mask_strip(result.pixel_mask, result.latent_mask)).save(tmp)
         paths["mask"] = out / MASK
     write_re10k(out / TRAJECTORY, Trajectory(result.c2w, result.intrinsics), image_intr, image_hw, stride)
     paths["trajectory"] = out / TRAJECTORY
@@ -46,16 +46,7 @@ def write_outputs(out_dir: str | Path, result, image_intr: np.ndarray, image_hw:
     settings["shaped_timesteps"] = result.shaped_timesteps
     settings["pasted_timesteps"] = result.pasted_timesteps
     settings["outputs"] = {k: v.name for k, v in paths.items()} | {"settings": SETTINGS}
-    atomic_write_text(out / SETTINGS, json.dumps(settings, indent=1, default=_json_default) + "\n")
+    write_json(out / SETTINGS, settings)
     paths["settings"] = out / SETTINGS
     return paths
 
-
-def _json_default(o):
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")

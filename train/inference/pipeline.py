@@ -8,8 +8,9 @@
    loop: T-1 is the input image again) - wired end to end here, unlike the reference (§4.4);
 3. camera: the plug-in's ``adapter_cond`` (metric c2w relative to the condition frame x trace_scale, pixel
    intrinsics), given to the conditional *and* unconditional UNet calls (reference §3.8);
-4. DDIM (``DDIMSampler.sample``) with the hooks of shaping.py: noise shaping at t >= threshold, continuation
-   pasting of the first ``num_overlap`` latent frames at every step and clean at the end.
+4. DDIM (``DynamiCrafter.denoise``, the loop the trainer's validation samples use too) with the hooks of
+   shaping.py: noise shaping at t >= threshold, continuation pasting of the first ``num_overlap`` latent
+   frames at every step and clean at the end.
 
 Concatenation modes (train/camera/modes.py): with a camera plug-in, the mode must be one the plug-in was trained
 with (plain: basic, loop/interp: interpolation, continue: continuation; ``allow_untrained_mode`` overrides),
@@ -23,20 +24,18 @@ Randomness: ``seed`` drives the VAE posterior sample of the condition and the DD
 
 from __future__ import annotations
 
-import logging
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
-from train.dynamicrafter.diffusion import DDIMSampler
+from annotate.log import get_logger
 
 from .scene import PointCloud, point_cloud, render_preview
 from .shaping import NoiseShaper, OverlapPaster, chain, shaping_mask
 from .trajectory import Trajectory
 
-log = logging.getLogger("realcam.inference")
+log = get_logger("inference")
 
 MODES = ("plain", "loop", "interp", "continue")
 # Frame stride: video frames (camera-file lines) between generated frames. The paper's test protocol uses 8
@@ -108,21 +107,6 @@ def to_tensor(frames: np.ndarray, device, dtype=torch.float32) -> torch.Tensor:
 def to_uint8(video: torch.Tensor) -> np.ndarray:
     """[1, 3, F, H, W] in ~[-1, 1] -> uint8 [F, H, W, 3]."""
     return ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).cpu().numpy()
-
-
-@contextmanager
-def ddim_progress(steps: int, enabled: bool, description: str = "DDIM"):
-    """A DDIMSampler callback that advances a rich progress bar on stderr (None when disabled)."""
-    if not enabled:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=steps)
-        yield lambda i, x, x0: bar.advance(task)
 
 
 class Pipeline:
@@ -220,16 +204,9 @@ class Pipeline:
                     c["concat"][:, :, :n] = z0.to(c["concat"].dtype)
 
         fs_val = opts.fs if opts.fs is not None else fs_embedding(m.cfg, opts.frame_stride)
-        fs_t = torch.full((b,), int(fs_val), dtype=torch.long, device=dev)
-
-        def model_fn(x, t, c_):
-            return m.apply_model(x.to(dt), t, c_, fs=fs_t, **unet_kwargs).float()
-
-        sampler = DDIMSampler(m.schedule, opts.steps, opts.spacing, opts.eta)
-        with ddim_progress(len(sampler.timesteps), opts.progress) as callback:
-            latents = sampler.sample(model_fn, (b, m.cfg.unet.out_channels, frames, lh, lw), cond, uncond,
-                                     guidance_scale=opts.cfg_scale, guidance_rescale=opts.guidance_rescale,
-                                     generator=gen, device=dev, x_t_hook=chain(shaper, paster), callback=callback)
+        latents = m.denoise(cond, uncond, steps=opts.steps, spacing=opts.spacing, eta=opts.eta,
+                            cfg_scale=opts.cfg_scale, guidance_rescale=opts.guidance_rescale, fs=int(fs_val),
+                            generator=gen, x_t_hook=chain(shaper, paster), progress=opts.progress, **unet_kwargs)
         if paster is not None:
             latents = paster.finalize(latents)
         video = to_uint8(m.decode_first_stage(latents.to(dt)))

@@ -13,14 +13,11 @@ pipeline and train/sample.py check before sampling.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 
-log = logging.getLogger("realcam.inference")
-
-PLUGIN_FILE = "plugin.safetensors"
+from train.run_folder import PLUGIN_FILE, find_checkpoint, run_config_for
 
 
 def find_plugin_file(path: str | Path) -> Path:
@@ -30,8 +27,6 @@ def find_plugin_file(path: str | Path) -> Path:
     if (path / PLUGIN_FILE).is_file():
         return path / PLUGIN_FILE
     if path.is_dir():
-        from train.trainer import find_checkpoint
-
         ckpt = find_checkpoint(path)
         if ckpt is not None and (ckpt / PLUGIN_FILE).is_file():
             return ckpt / PLUGIN_FILE
@@ -43,21 +38,6 @@ def plugin_metadata(path: str | Path) -> dict[str, str]:
 
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
-
-
-def run_config_for(plugin_file: Path):
-    """The run's TrainConfig (config.yaml up to three folders above the file), or None."""
-    from train.config import load_train_config
-
-    for parent in list(plugin_file.resolve().parents)[:4]:
-        cfg_path = parent / "config.yaml"
-        if cfg_path.is_file():
-            try:
-                return load_train_config(str(cfg_path))
-            except Exception as e:  # noqa: BLE001 - a foreign config.yaml: fall back to the metadata
-                log.warning("cannot read camera config from %s (%s); using the plug-in metadata", cfg_path, e)
-                return None
-    return None
 
 
 def camera_config_for(plugin_file: Path):
@@ -90,11 +70,11 @@ def load_camera_plugin(model, path: str | Path, camera_cfg=None):
     """Attach a CameraPlugin to `model.unet` (via attn1_adapter) and load its weights strictly."""
     from safetensors.torch import load_file
 
-    from train.camera import CameraPlugin
+    from train.build import build_plugin
 
     file = find_plugin_file(path)
     cfg = camera_cfg or camera_config_for(file)
-    plugin = CameraPlugin(model.unet, cfg)
+    plugin = build_plugin(model, cfg)
     sd = load_file(str(file))
     own = plugin.state_dict()
     plugin.load_state_dict({k: v.to(own[k].dtype) if k in own else v for k, v in sd.items()}, strict=True)

@@ -62,10 +62,11 @@ class NoiseShaper:
     """x_t hook: paste the noised preview latent inside the mask at every step with t >= threshold.
 
     z_preview [b, c, F, h, w]; mask [F, h, w], [b, F, h, w] or [b, 1, F, h, w]. `shaped_timesteps` records
-    the DDPM timestep of every shaped step, `noises` the noise used (for tests)."""
+    the DDPM timestep of every shaped step (settings.json's shaped_timesteps). The noise of each shaped step is
+    the next ``torch.randn(z_preview.shape)`` draw of ``generator``."""
 
     def __init__(self, schedule: DiffusionSchedule, z_preview: torch.Tensor, mask: torch.Tensor,
-                 threshold: int = 900, generator: torch.Generator | None = None, keep_noise: bool = False):
+                 threshold: int = 900, generator: torch.Generator | None = None):
         self.schedule, self.z, self.threshold, self.generator = schedule, z_preview, int(threshold), generator
         m = mask.float()
         if m.dim() == 3:
@@ -74,15 +75,11 @@ class NoiseShaper:
             m = m[:, None]
         self.mask = m.to(z_preview.device, z_preview.dtype)
         self.shaped_timesteps: list[int] = []
-        self.keep_noise = keep_noise
-        self.noises: list[torch.Tensor] = []
 
     def __call__(self, index: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if int(t[0]) < self.threshold:
             return x
         noise = _noise(self.z.shape, self.generator, x)
-        if self.keep_noise:
-            self.noises.append(noise)
         self.shaped_timesteps.append(int(t[0]))
         noised = self.schedule.q_sample(self.z.to(x.dtype), t, noise)
         return noised * self.mask + (1 - self.mask) * x
