@@ -282,6 +282,7 @@ def test_image_with_the_depth_model(room_scene, tiny_depth_model, tmp_path):
 
 def test_clip_from_an_annotation_folder(train_annotations, tmp_path):
     """--annotations OUT --clip ID: the clip's first frame, its intrinsics, and its metric cameras as keyframes."""
+    from annotate.images import resize_crop_map
     from annotate.video import read_frames
     from train.inference.scene import resize_crop
     from train.inference.trajectory import annotated_c2w_metric
@@ -293,6 +294,7 @@ def test_clip_from_an_annotation_folder(train_annotations, tmp_path):
 
     def started(ed):
         seen["traj"], seen["image"], seen["intr"] = ed.trajectory().c2w, ed.scene.image, ed.scene.intr
+        seen["depth"] = ed.scene.depth
         seen["export"] = ed.export()
 
     editor_main(["--annotations", str(ann), "--clip", clip, "--manifest", str(train_annotations["manifest"]),
@@ -302,9 +304,11 @@ def test_clip_from_an_annotation_folder(train_annotations, tmp_path):
     np.testing.assert_allclose(seen["traj"], c2w[[0, 2, 4, 6, 8]], atol=1e-6)
     np.testing.assert_allclose(_c2w(seen["export"]), c2w[[0, 2, 4, 6, 8]], atol=1e-6)
     manifest = Path(train_annotations["manifest"])
-    video = manifest.parent / next(r["video_path"] for r in csv.DictReader(open(manifest)) if r["clip_id"] == clip)
-    first, plan = resize_crop(read_frames(video, [0])[0], (32, 48))
+    entry = next(r for r in csv.DictReader(open(manifest)) if r["clip_id"] == clip)
+    first, plan = resize_crop(read_frames(manifest.parent / entry["video_path"], [0])[0], (32, 48))
     np.testing.assert_array_equal(seen["image"], first)
+    with np.load(manifest.parent / entry["depth_path"]) as z:  # the manifest's depth of frame 0, cropped alike
+        np.testing.assert_array_equal(seen["depth"], resize_crop_map(z["depth"][0], plan))
     np.testing.assert_allclose(seen["intr"], plan.intrinsics(np.asarray(row["intrinsics"][0])), rtol=1e-6)
 
 

@@ -139,15 +139,12 @@ def open_clip(annotations, clip_id: str, hw: tuple[int, int], manifest=None, dep
 
 def _depth_like_image(depth: np.ndarray, image_hw0, plan, hw) -> np.ndarray:
     """A depth map of the frame's aspect ratio at any size, resized (nearest) and cropped like the frame."""
-    from PIL import Image
-
     from annotate.camera import ResizeCrop
+    from annotate.images import resize_crop_map
 
     if depth.shape != tuple(image_hw0):  # another size, same aspect ratio: plan its own resize and crop
         plan = ResizeCrop.plan(depth.shape, hw)
-    (rh, rw), (h, w) = plan.resized_hw, plan.out_hw
-    d = np.asarray(Image.fromarray(depth, mode="F").resize((rw, rh), Image.Resampling.NEAREST))
-    return d[plan.top:plan.top + h, plan.left:plan.left + w]
+    return resize_crop_map(depth, plan)
 
 
 def predict_depth(image: np.ndarray, model: str | None) -> np.ndarray:
