@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from annotate.camera import camera_centres, rotation_angle
+from annotate.files import atomic_path, atomic_write_text
 from eval.log import logger, progress
 from eval.metrics import METRIC_NAMES, normalize_translation
 
@@ -119,7 +121,8 @@ def plot_clip(npz_path: str | Path, out_png: str | Path, title: str | None = Non
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=80)
+    with atomic_path(out_png, keep_suffix=True) as tmp:  # matplotlib picks the format from the suffix
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
     return out_png
 
@@ -132,10 +135,11 @@ def write_report(cfg: ReportConfig) -> dict[str, Any]:
         raise ValueError(f"{len(names)} names for {len(cfg.results)} results folders")
     summaries = [(n, load_summary(r)) for n, r in zip(names, cfg.results)]
     rows = table_rows(summaries)
-    with open(out / "table.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["method", *TABLE_COLUMNS, "num_clips", "num_succeeded", "success_rate"])
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO(newline="")  # csv's own \r\n line ends, as a file opened with newline=""
+    w = csv.DictWriter(buf, fieldnames=["method", *TABLE_COLUMNS, "num_clips", "num_succeeded", "success_rate"])
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out / "table.csv", buf.getvalue())
     md = ["# Camera control and video quality", "",
           "Sums over the frames of each clip, averaged over trials (pooled 10-std outlier rule) and clips; "
           "RotErr in radians. Relative metrics: RealEstate10K trajectory vs the sample's estimate, each "
@@ -155,7 +159,7 @@ def write_report(cfg: ReportConfig) -> dict[str, Any]:
             md += [f"Note ({name}): {s['note']}", ""]
         if s.get("fvd_error"):
             md += [f"FVD error ({name}): {s['fvd_error']}", ""]
-    (out / "table.md").write_text("\n".join(md))
+    atomic_write_text(out / "table.md", "\n".join(md))
     plots = []
     if cfg.plots:
         for name, r in zip(names, cfg.results):

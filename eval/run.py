@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from annotate.camera import relative_to
-from annotate.files import atomic_write_text
+from annotate.files import atomic_write_text, json_safe
 from annotate.job import RayConfig
 from annotate.video import VIDEO_SUFFIXES, read_frames
 from eval.fvd import FVD_KEYS, FVDConfig, fvd_from_paths
@@ -264,15 +264,8 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 
 def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return _json_safe(obj.item())
-    return obj
+    """JSON values with NaN/inf as null (the summaries' missing metrics): annotate.files' one sanitiser."""
+    return json_safe(obj, nonfinite_as_null=True)
 
 
 def run_evaluation(cfg: EvalRunConfig, depth: DepthSource | None = None) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from annotate.files import atomic_write_text
-from eval.log import logger
+from eval.log import logger, progress_bar
 from eval.pose_estimation import PoseEstimationConfig, PoseEstimationError, VideoPoseEstimator
 
 RECORD_FORMAT = 1
@@ -207,16 +208,9 @@ class TrialProgress:
 
     def __init__(self, total: int, enabled: bool):
         self.total, self.done, self.computed, self.t0 = total, 0, 0, time.perf_counter()
-        self.bar = None
-        if enabled and total:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("pose trials"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                                console=Console(stderr=True), transient=False)
-            self.task = self.bar.add_task("trials", total=total, info="")
-            self.bar.start()
+        self._stack = ExitStack()
+        self.bar = self._stack.enter_context(progress_bar("pose trials", total, enabled=enabled and bool(total),
+                                                          transient=False))
 
     def info(self) -> str:
         dt = time.perf_counter() - self.t0
@@ -228,12 +222,10 @@ class TrialProgress:
     def advance(self, n: int = 1, computed: bool = True) -> None:
         self.done += n
         self.computed += n if computed else 0
-        if self.bar:
-            self.bar.update(self.task, completed=self.done, info=self.info())
+        self.bar.update(completed=self.done, info=self.info())
 
     def close(self) -> None:
-        if self.bar:
-            self.bar.stop()
+        self._stack.close()
 
 
 class Executor:
