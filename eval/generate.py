@@ -181,7 +181,6 @@ def _manifest_depth(clip: dict, frame: int, hw: tuple[int, int]) -> np.ndarray:
 def generate_batch(model, plugin, samples: list[dict], depths: list[np.ndarray | None], cfg: GenerateConfig,
                    shaping: bool, steps: int) -> list[np.ndarray]:
     """Videos (uint8 [F, H, W, 3]) of a batch of dataset samples, one DDIM run for the whole batch."""
-    from train.dynamicrafter.diffusion import DDIMSampler
     from train.inference.pipeline import fs_embedding, to_tensor, to_uint8
     from train.inference.scene import point_cloud, render_preview
     from train.inference.shaping import NoiseShaper, shaping_mask
@@ -215,14 +214,8 @@ def generate_batch(model, plugin, samples: list[dict], depths: list[np.ndarray |
         z_prev[:, :, 0] = cond["concat"][:, :, 0].float()  # latent frame 0 = the true latent of the image
         hook = NoiseShaper(model.schedule, z_prev, torch.stack(masks).to(dev), cfg.shaping_threshold, hook_gen)
     fs = torch.tensor([fs_embedding(model.cfg, int(s["stride"])) for s in samples], dtype=torch.long, device=dev)
-
-    def model_fn(x, t, c_):
-        return model.apply_model(x.to(dt), t, c_, fs=fs, **kwargs).float()
-
-    sampler = DDIMSampler(model.schedule, steps, cfg.spacing, cfg.eta)
-    latents = sampler.sample(model_fn, (b, model.cfg.unet.out_channels, f, lh, lw), cond, uncond,
-                             guidance_scale=cfg.cfg_scale, guidance_rescale=cfg.guidance_rescale, generator=gen,
-                             device=dev, x_t_hook=hook)
+    latents = model.denoise(cond, uncond, steps=steps, spacing=cfg.spacing, eta=cfg.eta, cfg_scale=cfg.cfg_scale,
+                            guidance_rescale=cfg.guidance_rescale, fs=fs, generator=gen, x_t_hook=hook, **kwargs)
     out = model.decode_first_stage(latents.to(dt))
     return [to_uint8(out[i:i + 1]) for i in range(b)]
 

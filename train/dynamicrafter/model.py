@@ -184,7 +184,7 @@ class DynamiCrafter(nn.Module):
         eta: float | None = None,
         cfg_scale: float | None = None,
         guidance_rescale: float | None = None,
-        fs: int | None = None,
+        fs: int | torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         x_t_hook=None,
         progress: bool = False,
@@ -200,7 +200,10 @@ class DynamiCrafter(nn.Module):
 
         s = self.cfg.sampling
         b, _, frames, h, w = cond["concat"].shape
-        fs_t = torch.full((b,), s.fs if fs is None else fs, dtype=torch.long, device=self.device)
+        if torch.is_tensor(fs):  # one value per sample (eval generate batches clips of different strides)
+            fs_t = fs.to(self.device, torch.long)
+        else:
+            fs_t = torch.full((b,), s.fs if fs is None else fs, dtype=torch.long, device=self.device)
         sampler = DDIMSampler(self.schedule, steps or s.steps, spacing or s.spacing, s.eta if eta is None else eta)
 
         def model_fn(x, t, c_):
