@@ -42,6 +42,7 @@ from annotate.camera import (
 )
 from annotate.files import atomic_path, atomic_write_text
 from annotate.log import progress
+from annotate.manifest import write_manifest
 from annotate.re10k import CameraTrajectory, read_camera_file, write_camera_file
 from annotate.video import write_video
 
@@ -274,9 +275,7 @@ def generate(cfg: SynthConfig) -> Path:
             rows = list(progress(pool.map(partial(make_clip, cfg, out=out), range(cfg.clips)), **bar))
     else:
         rows = [make_clip(cfg, i, out) for i in progress(range(cfg.clips), **bar)]
-    cols = ["clip_id", "split", "pose_path", "video_path", "depth_path"]
-    lines = [",".join(cols)] + [",".join(r[c] for c in cols) for r in rows]
-    atomic_write_text(out / "manifest.csv", "\n".join(lines) + "\n")
+    write_manifest(rows, out / "manifest.csv", ("clip_id", "split", "pose_path", "video_path", "depth_path"))
     truth = {"config": asdict(cfg), "clips": {r["clip_id"]: r["_truth"] for r in rows}}
     atomic_write_text(out / "ground_truth.json", json.dumps(truth, indent=1))
     return out
