@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +27,7 @@ from annotate.depth import (
     depth_at_keypoints,
 )
 from annotate.log import get_logger
+from annotate.manifest import resolve_paths  # noqa: F401 - re-exported: the job and tests resolve rows here
 from annotate.re10k import DEFAULT_ROTATION_TOL, CameraFileError, read_camera_file
 from annotate.scale import NoValidScale, ScaleConfig, clip_statistics, frame_scales, point_ratios
 from annotate.triangulate import Observations, SfmConfig, TriangulationError, triangulate, visible_ratios
@@ -216,20 +216,6 @@ def finish_stage(rec: dict, cfg: ClipConfig) -> dict:
     w2c = np.asarray(rec["w2c"], np.float64).reshape(-1, 3, 4)
     out["c2w_metric"] = metric_c2w(w2c, scale).reshape(nf, 16).astype(np.float32)  # contract step 7
     return out
-
-
-def resolve_paths(row: dict, base: str | Path) -> dict:
-    """Manifest paths are relative to the manifest's folder."""
-    base = Path(base)
-    row = dict(row)
-    for key in ("pose_path", "video_path", "depth_path"):
-        v = row.get(key)
-        if v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "":
-            row[key] = ""
-            continue
-        p = Path(str(v).strip())
-        row[key] = str(p if p.is_absolute() else base / p)
-    return row
 
 
 def annotate_clip(row: dict, cfg: ClipConfig | None = None, depth: DepthStage | None = None) -> dict:

@@ -131,7 +131,7 @@ def validate(rows: list[dict], columns: list[str], path: str | os.PathLike = "<m
 
 
 def load(path: str | os.PathLike) -> list[dict]:
-    """Read and validate; rows keep their paths as written (see :func:`annotate.clip.resolve_paths`)."""
+    """Read and validate; rows keep their paths as written (see :func:`resolve_paths`)."""
     rows, cols = read_manifest(path)
     validate(rows, cols, path)
     return rows

@@ -246,13 +246,12 @@ def run_generate(cfg: GenerateConfig) -> dict:
     rank, world = shard()
     mine = chosen[rank::world]
     todo = [c for c in mine if not is_done(out, c)]
-    from annotate.manifest import read_manifest
+    from annotate.manifest import read_manifest, resolve_path
 
     extra = {r["clip_id"]: r for r in read_manifest(cfg.manifest)[0]}
     base = Path(cfg.manifest).parent
     for c in todo:  # depth files of the manifest, resolved like the videos
-        dp = extra.get(c, {}).get("depth_path") or ""
-        clips[c]["depth_path"] = str(dp if not dp or Path(dp).is_absolute() else base / dp)
+        clips[c]["depth_path"] = resolve_path(extra.get(c, {}).get("depth_path"), base)
         clips[c]["depth_unit"] = extra.get(c, {}).get("depth_unit") or ""
     dataset = CameraVideoDataset(data, train=False, clips=[clips[c] for c in todo])
     kind = getattr(plugin, "kind", None)

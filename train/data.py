@@ -38,7 +38,7 @@ from torch.utils.data import Dataset, Sampler
 
 from annotate.camera import ResizeCrop, relative_to, scale_translation, to_4x4, w2c_to_c2w
 from annotate.images import resize_crop
-from annotate.manifest import read_manifest
+from annotate.manifest import read_manifest, resolve_path
 from annotate.output import read_table
 from annotate.video import VideoError, read_frames
 
@@ -73,8 +73,7 @@ def load_clips(cfg: DataConfig, split: str) -> list[dict]:
     table = read_table(cfg.annotation_dir, COLUMNS)
     rows, _ = read_manifest(cfg.manifest)
     base = Path(cfg.manifest).parent
-    videos = {r["clip_id"]: str(Path(r["video_path"]) if Path(r["video_path"]).is_absolute()
-                                else base / r["video_path"]) for r in rows}
+    videos = {r["clip_id"]: resolve_path(r["video_path"], base) for r in rows}
     clips, short, no_video = [], 0, 0
     for r in table.to_pylist():
         if r["split"] != split or r["status"] != "ok" or not r["keep"]:
