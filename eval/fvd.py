@@ -1,4 +1,4 @@
-"""Fréchet Video Distance in the two published variants the reference reports (reference §5.6).
+"""Fréchet Video Distance in the two published variants the authors report (``evaluation/fvd_test.py``).
 
 - ``videogpt``: every frame resized bilinearly to 224x224 (aspect ratio not kept), scaled to [-1, 1],
   :class:`eval.i3d.InceptionI3d` with ``i3d_pretrained_400.pt``; features are the 400 logits averaged

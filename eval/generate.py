@@ -3,8 +3,9 @@
     python -m eval generate --checkpoint pretrained/DynamiCrafter/model.ckpt --plugin runs/realcam256 \\
         --annotations outputs/re10k_annotation --manifest data/re10k/manifest.csv --out results/realcam256/exp
 
-The paper's protocol (reference §5.1, §3.8) by default: the test split, its first ``--limit`` (1000) clips in a
-stable order (sorted clip ids) or the clips listed in ``--clips``, 16 frames at stride 8 from frame 0, condition
+The paper's protocol (the authors' ``main/trainer.py --test``) by default: the test split, its first ``--limit``
+(1000) clips in a stable order (sorted clip ids) or the clips listed in ``--clips``, 16 frames at stride 8 from
+frame 0, condition
 frame 0, 256x256, 25 DDIM steps (uniform_trailing, eta 1), CFG 7.5 with guidance rescale 0.7, camera CFG 1.0
 (off), and noise shaping at t >= 900 for RealCam plug-ins (``004_realcam-i2v_paste900``). The cameras are the
 clip's, relative to frame 0, in the units the plug-in was trained on (metres for RealCam: the condition frame's

@@ -2,7 +2,7 @@
 
 ``InceptionI3d`` is Inception-v1 I3D (Carreira & Zisserman 2017) written for this project. Its
 parameter and buffer names follow the pytorch-i3d layout that VideoGPT's ``i3d_pretrained_400.pt``
-(the weights the reference's VideoGPT-style FVD loads, reference §5.6) uses, so that file loads
+(the weights the authors' VideoGPT-style FVD, ``evaluation/fvd_test.py``, loads) uses, so that file loads
 strictly: ``Conv3d_1a_7x7.conv3d.weight``, ``Conv3d_1a_7x7.bn.{weight,bias,running_mean,running_var}``,
 ``Mixed_3b.b0.conv3d.weight``, ``Mixed_3b.b1a...``, ``Mixed_3b.b1b...``, ``b2a``, ``b2b``, ``b3b``
 (``b3a`` is the parameter-free max pool), ... ``Mixed_5c...``, ``logits.conv3d.{weight,bias}``.

@@ -1,6 +1,7 @@
-"""Evaluate a folder of generated videos against their ground truth, as the reference does (§5).
+"""Evaluate a folder of generated videos against their ground truth, as the authors'
+``evaluation/glomap_evaluation.py`` does.
 
-Input layout (what the reference's ``trainer.py --test`` writes, reference §5.1), matched by file stem::
+Input layout (what the authors' ``main/trainer.py --test`` writes), matched by file stem::
 
     EXP_DIR/
       samples/<name>.mp4       generated video (one frame per camera line)
@@ -14,7 +15,7 @@ Per clip and trial k (seed ``base_seed + k``) both videos go through :mod:`eval.
 with the ground truth's intrinsics (frame 0's, as the reference). Relative metrics compare the
 RealEstate10K trajectory with the estimate of the sample; absolute metrics compare the estimates of
 the sample and of the ground-truth video, each times its metric depth scale (frame 0), normalised by
-the ground-truth video's largest metric translation (reference §5.4). Without a depth source the
+the ground-truth video's largest metric translation (the authors' ``metric()``). Without a depth source the
 absolute metrics are NaN. Trials are merged with the reference's pooled 10-std rule
 (:func:`eval.pose_estimation.aggregate_trials`); clips whose every trial failed are reported with
 their errors and counted in the success rate, never dropped silently.

@@ -6,7 +6,7 @@ One sample = ``frames`` frames of a kept clip (status ok, keep true) of one spli
 - only the sample's frames are decoded (:func:`annotate.video.read_frames` with indices: seek + early stop, one
   decoder thread since the loader runs one worker process per core), resized keeping the aspect ratio and
   centre-cropped to (height, width) by :func:`annotate.images.resize_crop` (bilinear, antialiased: the one
-  resize inference uses too), intrinsics by :class:`ResizeCrop` (§1.6);
+  resize inference uses too), intrinsics by :class:`ResizeCrop` (the authors' ``_resize_for_rectangle_crop`` rule);
 - condition frame uniform over the sampled frames (training, ``rand_cond_frame``) or frame 0;
 - cameras: c2w relative to the condition frame, translations multiplied by the scale of ``scale_source``:
   ``condition_frame`` = ``frame_scale`` of the condition frame (as the released RealCam-I2V code); when that is

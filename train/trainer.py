@@ -350,7 +350,7 @@ class Trainer:
         cond_idx = batch["cond_index"].to(dev)
         # the sample's concatenation mode decides which clean latent frames are given (train/camera/modes.py)
         concat = concat_condition(z, cond_idx, batch["mode"].to(dev), batch["num_given"].to(dev))
-        # CFG dropout (reference §3.6): one r per sample; text dropped if r < 2p, image if p <= r < 3p.
+        # CFG dropout (as the authors' training): one r per sample; text dropped if r < 2p, image if p <= r < 3p.
         p = cfg.optim.uncond_prob
         r = torch.rand(b, generator=gen).to(dev)
         drop_text = (r < 2 * p)[:, None, None]

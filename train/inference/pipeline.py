@@ -5,9 +5,9 @@
 1. preview: metric depth of the condition image -> point cloud (scene.py) -> splats along the trajectory;
 2. conditioning: ``model.get_conditioning`` (CLIP text + image tokens, concat latent). Interpolation and loop
    use DynamiCrafter's interpolation conditioning (concat = latents of frame 0 and frame T-1, zeros between;
-   loop: T-1 is the input image again) - wired end to end here, unlike the reference (§4.4);
+   loop: T-1 is the input image again) - wired end to end here, unlike the authors' code (its ``interp_mode`` is off);
 3. camera: the plug-in's ``adapter_cond`` (metric c2w relative to the condition frame x trace_scale, pixel
-   intrinsics), given to the conditional *and* unconditional UNet calls (reference §3.8);
+   intrinsics), given to the conditional *and* unconditional UNet calls (as the authors' sampler does);
 4. DDIM (``DynamiCrafter.denoise``, the loop the trainer's validation samples use too) with the hooks of
    shaping.py: noise shaping at t >= threshold, continuation pasting of the first ``num_overlap`` latent
    frames at every step and clean at the end.
@@ -39,9 +39,10 @@ log = get_logger("inference")
 
 MODES = ("plain", "loop", "interp", "continue")
 # Frame stride: video frames (camera-file lines) between generated frames. The paper's test protocol uses 8
-# for every model (reference §3.5); it is separate from the fs embedding value (fs_embedding).
+# for every model (the authors' ``realestate10k.py`` test loader); it is separate from the fs embedding value
+# (fs_embedding).
 DEFAULT_FRAME_STRIDE = {"dynamicrafter_256": 8, "dynamicrafter_512": 8, "dynamicrafter_1024": 8}
-FPS_MODELS = ("dynamicrafter_512", "dynamicrafter_1024")  # fs embedding = fps_ori // stride (reference §3.1)
+FPS_MODELS = ("dynamicrafter_512", "dynamicrafter_1024")  # fs embedding = fps_ori // stride ('fps')
 
 
 def default_frame_stride(model_cfg) -> int:

@@ -49,8 +49,8 @@ def read_depth_file(path, image_hw0: tuple[int, int], plan: ResizeCrop, model_hw
 
 
 def user_intrinsics(plan: ResizeCrop) -> np.ndarray:
-    """Reference rule for user images (§1.6): fx = fy = 0.5 * max(resized H, W), principal point at the centre
-    of the crop. At 256x256 from a square image: f = 128, cx = cy = 128."""
+    """The authors' rule for user images (``single_image_for_inference.py``): fx = fy = 0.5 * max(resized H, W),
+    principal point at the centre of the crop. At 256x256 from a square image: f = 128, cx = cy = 128."""
     (rh, rw), (h, w) = plan.resized_hw, plan.out_hw
     f = 0.5 * max(rh, rw)
     return np.array([f, f, w / 2.0, h / 2.0], np.float64)

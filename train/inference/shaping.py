@@ -1,4 +1,5 @@
-"""Scene-constrained noise shaping (reference §4.2) and continuation pasting, as DDIM ``x_t_hook``s.
+"""Scene-constrained noise shaping (as the authors' ``realcam_i2v.py`` and ``lvdm/models/samplers/ddim.py``) and
+continuation pasting, as DDIM ``x_t_hook``s.
 
 Mask: a preview pixel is visible when any channel is not black (in [-1, 1]: |x + 1| >= 1e-4, i.e. uint8 > 0);
 erosion with a k x k all-ones kernel and reflect padding keeps a pixel only if all k*k neighbours are visible;
