@@ -61,15 +61,12 @@ def test_find_checkpoint_ignores_incomplete(tmp_path):
     assert find_checkpoint(tmp_path).name == "step-0000004"
 
 
-def test_presets():
-    tiny = load_train_config(str(CONFIGS / "tiny.yaml"))
-    assert tiny.model.preset == "tiny" and tiny.run.mixed_precision == "no" and not tiny.model.checkpoint
+def test_8xh100_preset_agrees_with_its_launch_files():
+    # Cross-file facts the three files must keep in step (the paper's effective batch of 64, ZeRO-1, DeepSpeed
+    # clipping = the trainer's max_grad_norm), not a restatement of the YAML's values.
     big = load_train_config(str(CONFIGS / "realcam_256_8xh100.yaml"))
-    assert big.model.checkpoint == "pretrained/DynamiCrafter/model.ckpt" and big.camera.kind == "realcam"
-    assert (big.optim.lr, big.optim.weight_decay, big.optim.max_grad_norm) == (1e-4, 1e-2, 0.5)
-    assert big.run.mixed_precision == "fp16" and big.run.max_steps == 50000
     acc = yaml.safe_load((CONFIGS / "accelerate_8xh100.yaml").read_text())
-    assert acc["distributed_type"] == "DEEPSPEED" and acc["num_processes"] == 8
+    assert acc["distributed_type"] == "DEEPSPEED"
     assert big.run.batch_size * acc["num_processes"] * big.optim.gradient_accumulation_steps == 64
     ds = json.loads((ROOT / big.run.deepspeed).read_text())
-    assert ds["zero_optimization"]["stage"] == 1 and ds["gradient_clipping"] == 0.5
+    assert ds["zero_optimization"]["stage"] == 1 and ds["gradient_clipping"] == big.optim.max_grad_norm

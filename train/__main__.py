@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         print_config(cfg)
         return 0
     from .preflight import check_train
-    from .trainer import resolve_resume
+    from .run_folder import resolve_resume
 
     problems = check_train(cfg, args.config, args.overrides, launch=not args.check)
     try:

@@ -35,7 +35,7 @@ def launched() -> bool:
 
 def check_checkpoint(problems: Problems, path: str, key: str) -> bool:
     """The official DynamiCrafter checkpoint file or a ``python -m train.convert`` folder."""
-    from train.dynamicrafter.model import COMPONENTS
+    from train.dynamicrafter.checkpoint import COMPONENTS
 
     fix = (f"download the official checkpoint ({ASSETS}: huggingface-cli download Doubiiu/DynamiCrafter model.ckpt "
            "--local-dir pretrained/DynamiCrafter) or give a folder written by python -m train.convert")

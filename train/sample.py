@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--frames", type=int, default=None, help="frames to generate (default: the model's)")
     smp.add_argument("--height", type=int, default=None, help="video height (default: the model's)")
     smp.add_argument("--width", type=int, default=None, help="video width (default: the model's)")
-    shp = p.add_argument_group("noise shaping (reference 4.2)")
+    shp = p.add_argument_group("scene-constrained noise shaping")
     shp.add_argument("--noise-shaping", action="store_true", help="scene-constrained noise shaping of the "
                      "first steps from the depth preview")
     shp.add_argument("--shaping-threshold", type=int, default=900, help="shape the noise while t >= this")
@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     from train.inference.trajectory import continuation_trajectory, load_trajectory
 
     args = build_parser().parse_args(argv)
+    from annotate.log import setup_logging
     from annotate.preflight import EXIT_CODE
     from train.preflight import check_sample
 
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     if problems:
         print(f"error: {problems.message()}", file=sys.stderr)
         raise SystemExit(EXIT_CODE)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging(1)
     t0 = time.time()
     model = load_model(args)
     s = model.cfg.sampling

@@ -6,27 +6,35 @@ AutoencoderKL + LDM key converter), diffusion (schedule, loss, DDIM + CFG), chec
 model (full model, checkpoint naming, loading), tiny (random tiny model for tests).
 """
 
-from .checkpoint import StateDictMismatchError, load_strict, read_state_dict
-from .config import ModelConfig, load_config
-from .diffusion import DDIMSampler, DiffusionSchedule, ddim_timesteps
-from .model import DynamiCrafter, checkpoint_to_native, load_dynamicrafter, native_to_checkpoint
-from .resampler import Resampler
-from .unet import UNetModel, iter_temporal_blocks
+from __future__ import annotations
 
-__all__ = [
-    "DDIMSampler",
-    "DiffusionSchedule",
-    "DynamiCrafter",
-    "ModelConfig",
-    "Resampler",
-    "StateDictMismatchError",
-    "UNetModel",
-    "checkpoint_to_native",
-    "ddim_timesteps",
-    "iter_temporal_blocks",
-    "load_config",
-    "load_dynamicrafter",
-    "load_strict",
-    "native_to_checkpoint",
-    "read_state_dict",
-]
+import importlib
+
+# Lazy: importing one light submodule (config, or a constant the preflight reads) must not load the UNet,
+# the CLIP towers and transformers (~10 s) before the preflight has said what is missing.
+_WHERE = {
+    "StateDictMismatchError": "checkpoint",
+    "load_strict": "checkpoint",
+    "read_state_dict": "checkpoint",
+    "ModelConfig": "config",
+    "load_config": "config",
+    "DDIMSampler": "diffusion",
+    "DiffusionSchedule": "diffusion",
+    "ddim_timesteps": "diffusion",
+    "DynamiCrafter": "model",
+    "checkpoint_to_native": "model",
+    "load_dynamicrafter": "model",
+    "native_to_checkpoint": "model",
+    "Resampler": "resampler",
+    "UNetModel": "unet",
+    "iter_temporal_blocks": "unet",
+}
+__all__ = ["DDIMSampler", "DiffusionSchedule", "DynamiCrafter", "ModelConfig", "Resampler", "StateDictMismatchError",
+           "UNetModel", "checkpoint_to_native", "ddim_timesteps", "iter_temporal_blocks", "load_config",
+           "load_dynamicrafter", "load_strict", "native_to_checkpoint", "read_state_dict"]
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

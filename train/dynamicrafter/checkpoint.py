@@ -14,6 +14,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+# The official checkpoint's key prefix of each component (here, not in model.py, so the preflight reads it
+# without importing the model stack).
+PREFIXES = {
+    "unet": "model.diffusion_model.",
+    "vae": "first_stage_model.",
+    "text_encoder": "cond_stage_model.model.",
+    "image_encoder": "embedder.model.",
+    "image_proj_model": "image_proj_model.",
+}
+COMPONENTS = tuple(PREFIXES)  # the parts `train.convert` writes; the schedule is rebuilt from the config
+
 _LIST_LIMIT = 50
 
 

@@ -23,7 +23,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import add_prefix, check_keys, load_strict, read_state_dict, rename_legacy_keys, strip_prefix
+from .checkpoint import (
+    COMPONENTS,
+    PREFIXES,
+    add_prefix,
+    check_keys,
+    load_strict,
+    read_state_dict,
+    rename_legacy_keys,
+    strip_prefix,
+)
 from .conditioning import (
     ImageEncoder,
     TextEncoder,
@@ -38,15 +47,6 @@ from .diffusion import DDIMSampler, DiffusionSchedule
 from .resampler import Resampler
 from .unet import UNetModel
 from .vae import build_vae, decode_video, encode_video, vae_ckpt_to_native, vae_native_to_ckpt
-
-PREFIXES = {
-    "unet": "model.diffusion_model.",
-    "vae": "first_stage_model.",
-    "text_encoder": "cond_stage_model.model.",
-    "image_encoder": "embedder.model.",
-    "image_proj_model": "image_proj_model.",
-}
-COMPONENTS = tuple(PREFIXES)  # the parts `train.convert` writes; the schedule is rebuilt from the config
 
 
 class DynamiCrafter(nn.Module):
