@@ -12,7 +12,6 @@ from annotate.preflight import (
     need_folder,
     need_manifest,
     need_output_folder,
-    need_tokenizer,
 )
 
 ASSETS = "train/assets.md"
@@ -30,29 +29,13 @@ def check_depth_model(pb: Problems, spec: str | None, key: str) -> None:
 
 def check_generate(cfg) -> Problems:
     """Every problem of an ``eval generate`` config (:class:`eval.generate.GenerateConfig`)."""
-    from train.preflight import check_backbone_preset, check_checkpoint
+    from train.preflight import check_model_options
 
     pb = Problems("python -m eval generate")
     need_output_folder(pb, cfg.out_dir, "--out")
     need_annotation_dir(pb, cfg.annotation_dir, "--annotations")
     need_manifest(pb, cfg.manifest, "--manifest")
-    if cfg.tiny:
-        pass
-    elif not cfg.checkpoint:
-        pb.add("no --checkpoint", f"give --checkpoint pretrained/DynamiCrafter/model.ckpt ({ASSETS}) or --tiny for "
-               "the random test model")
-    else:
-        check_checkpoint(pb, cfg.checkpoint, "--checkpoint")
-        if not cfg.tokenizer and not Path(cfg.checkpoint).is_dir():
-            pb.add("no --tokenizer: the backbone's text encoder needs the CLIP tokenizer",
-                   f"give --tokenizer pretrained/open_clip_tokenizer ({ASSETS}, 'CLIP tokenizer')")
-    if cfg.tokenizer:
-        need_tokenizer(pb, cfg.tokenizer, "--tokenizer")
-    if cfg.config:
-        check_backbone_preset(pb, cfg.config, "--config")
-    if cfg.plugin and not Path(cfg.plugin).exists():
-        pb.add(f"--plugin {cfg.plugin!r}: no such file or folder",
-               "give plugin.safetensors, a checkpoint folder or a run folder of python -m train")
+    check_model_options(pb, cfg.tiny, cfg.checkpoint, cfg.tokenizer, cfg.config, cfg.plugin)
     if cfg.clips:
         need_file(pb, cfg.clips, "--clips", "a text file of clip ids, one a line")
     if cfg.captions:

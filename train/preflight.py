@@ -46,6 +46,28 @@ def check_checkpoint(problems: Problems, path: str, key: str) -> bool:
     return need_file(problems, p, key, fix, CHECKPOINT_SUFFIXES)
 
 
+def check_model_options(pb: Problems, tiny: bool, checkpoint: str, tokenizer: str, config: str, plugin: str) -> None:
+    """The model options that sampling commands share (train.sample, eval generate): --tiny or a checkpoint (with
+    a tokenizer unless it is a converted folder), a backbone preset, a plug-in."""
+    if tiny:
+        pass
+    elif not checkpoint:
+        pb.add("no --checkpoint", f"give --checkpoint pretrained/DynamiCrafter/model.ckpt ({ASSETS}) or --tiny "
+               "for the random test model")
+    else:
+        check_checkpoint(pb, checkpoint, "--checkpoint")
+        if not tokenizer and not Path(checkpoint).is_dir():
+            pb.add("no --tokenizer: the backbone's text encoder needs the CLIP tokenizer",
+                   f"give --tokenizer pretrained/open_clip_tokenizer ({ASSETS}, 'CLIP tokenizer')")
+    if tokenizer:
+        need_tokenizer(pb, tokenizer, "--tokenizer")
+    if config:
+        check_backbone_preset(pb, config, "--config")
+    if plugin and not Path(plugin).exists():
+        pb.add(f"--plugin {plugin!r}: no such file or folder",
+               "give plugin.safetensors, a checkpoint folder or a run folder of python -m train")
+
+
 def check_backbone_preset(problems: Problems, preset: str, key: str) -> bool:
     from train.dynamicrafter.config import PRESET_DIR
 
@@ -148,23 +170,7 @@ def check_sample(args) -> Problems:
     elif args.depth_model and _looks_local(args.depth_model):
         need_folder(pb, args.depth_model, "--depth-model", f"a Depth Anything V2 metric folder ({ASSETS})",
                     contains=("config.json",))
-    if args.tiny:
-        pass
-    elif not args.checkpoint:
-        pb.add("no --checkpoint", f"give --checkpoint pretrained/DynamiCrafter/model.ckpt ({ASSETS}) or --tiny "
-               "for the random test model")
-    else:
-        check_checkpoint(pb, args.checkpoint, "--checkpoint")
-        if not args.tokenizer and not Path(args.checkpoint).is_dir():
-            pb.add("no --tokenizer: the backbone's text encoder needs the CLIP tokenizer",
-                   f"give --tokenizer pretrained/open_clip_tokenizer ({ASSETS}, 'CLIP tokenizer')")
-    if args.tokenizer:
-        need_tokenizer(pb, args.tokenizer, "--tokenizer")
-    if args.config:
-        check_backbone_preset(pb, args.config, "--config")
-    if args.plugin and not Path(args.plugin).exists():
-        pb.add(f"--plugin {args.plugin!r}: no such file or folder",
-               "give plugin.safetensors, a checkpoint folder or a run folder of python -m train")
+    check_model_options(pb, args.tiny, args.checkpoint, args.tokenizer, args.config, args.plugin)
     if args.annotations:
         need_annotation_dir(pb, args.annotations, "--annotations")
     if args.intrinsics:
