@@ -172,3 +172,19 @@ def format_camera_text(traj: CameraTrajectory) -> str:
 
 def write_camera_file(path: str | os.PathLike, traj: CameraTrajectory) -> None:
     atomic_write_text(path, format_camera_text(traj))
+
+
+def format_camera_data_text(intrinsics_px: np.ndarray, c2w: np.ndarray) -> str:
+    """The evaluation layout (what :func:`parse_camera_data_text` reads): per frame fx fy cx cy in pixels, 0 0,
+    the row-major 3x4 w2c; 10 decimals, as the authors' evaluation writes it."""
+    from annotate.camera import c2w_to_w2c
+
+    c2w = np.asarray(c2w, np.float64)
+    w2c = c2w_to_w2c(c2w)[:, :3, :].reshape(len(c2w), 12)
+    rows = np.concatenate([np.asarray(intrinsics_px, np.float64).reshape(len(c2w), 4),
+                           np.zeros((len(c2w), 2)), w2c], axis=1)
+    return "\n".join(" ".join(f"{v:.10f}" for v in r) for r in rows) + "\n"
+
+
+def write_camera_data_file(path: str | os.PathLike, intrinsics_px: np.ndarray, c2w: np.ndarray) -> None:
+    atomic_write_text(path, format_camera_data_text(intrinsics_px, c2w))

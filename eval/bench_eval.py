@@ -38,7 +38,7 @@ def _write_exp(root: Path, clips: int, frames: int, size: int, yaw: float, gt_fr
 
     from scipy.spatial.transform import Rotation
 
-    from annotate.camera import c2w_to_w2c
+    from annotate.re10k import write_camera_data_file
     from annotate.synth import Room, make_trajectory, render
     from annotate.video import write_video
 
@@ -57,9 +57,7 @@ def _write_exp(root: Path, clips: int, frames: int, size: int, yaw: float, gt_fr
         if gt_from is None:
             write_video(root / "gt_video" / f"{name}.mp4",
                         np.stack([render(room, c, intr, size, size)[0] for c in c2w]))
-            rows = np.concatenate([np.tile(intr, (frames, 1)), np.zeros((frames, 2)),
-                                   c2w_to_w2c(c2w)[:, :3].reshape(frames, 12)], 1)
-            np.savetxt(root / "camera_data" / f"{name}.txt", rows, fmt="%.10f")
+            write_camera_data_file(root / "camera_data" / f"{name}.txt", np.tile(intr, (frames, 1)), c2w)
     if gt_from is not None:  # the same ground truth, byte for byte
         for sub in ("gt_video", "camera_data"):
             shutil.rmtree(root / sub)

@@ -39,8 +39,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from annotate.camera import ResizeCrop, c2w_to_w2c
+from annotate.camera import ResizeCrop
 from annotate.files import atomic_write_text
+from annotate.re10k import write_camera_data_file
+from annotate.video import write_video
 from eval.log import logger, progress
 
 SUBDIRS = ("samples", "gt_video", "camera_data")
@@ -107,20 +109,6 @@ def select_clips(ids: list[str], cfg: GenerateConfig) -> list[str]:
 
 def is_done(out: Path, name: str) -> bool:
     return all((out / sub / f"{name}{ext}").is_file() for sub, ext in zip(SUBDIRS, (".mp4", ".mp4", ".txt")))
-
-
-def _write_video_atomic(path: Path, frames: np.ndarray, fps: float) -> None:
-    from annotate.video import write_video
-
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    write_video(tmp, frames, fps=fps)
-    os.replace(tmp, path)
-
-
-def camera_rows(c2w: np.ndarray, intr_px: np.ndarray) -> np.ndarray:
-    """The reference's camera_data rows [F, 18]: fx fy cx cy (pixels), 0 0, row-major 3x4 w2c."""
-    w2c = c2w_to_w2c(c2w)[:, :3, :].reshape(len(c2w), 12)
-    return np.concatenate([intr_px, np.zeros((len(c2w), 2)), w2c], axis=1)
 
 
 def _load_model_and_plugin(cfg: GenerateConfig):
@@ -285,11 +273,10 @@ def run_generate(cfg: GenerateConfig) -> dict:
         for smp, vid in zip(samples, videos):
             name = smp["clip_id"]
             gt = ((smp["video"].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
-            _write_video_atomic(out / "samples" / f"{name}.mp4", vid, cfg.fps)
-            _write_video_atomic(out / "gt_video" / f"{name}.mp4", gt, cfg.fps)
-            rows = camera_rows(smp["c2w"].double().numpy(), smp["intrinsics"].double().numpy())
-            atomic_write_text(out / "camera_data" / f"{name}.txt",
-                              "\n".join(" ".join(f"{v:.10f}" for v in r) for r in rows) + "\n")
+            write_video(out / "samples" / f"{name}.mp4", vid, fps=cfg.fps)  # atomic
+            write_video(out / "gt_video" / f"{name}.mp4", gt, fps=cfg.fps)
+            write_camera_data_file(out / "camera_data" / f"{name}.txt", smp["intrinsics"].double().numpy(),
+                                   smp["c2w"].double().numpy())
             done += 1
     return {"selected": len(chosen), "this_process": len(mine), "skipped_done": len(mine) - len(todo),
             "generated": done, "seconds": round(time.time() - t0, 1), "out_dir": str(out)}

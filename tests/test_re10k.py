@@ -157,3 +157,22 @@ def test_camera_data_layout_read_and_errors_name_file_and_line(tmp_path):
         parse_camera_data_text(rows[0] + " 1", path)
     with pytest.raises(CameraFileError, match="no pose lines"):
         parse_camera_data_text("\n\n", path)
+
+
+def test_camera_data_writer_round_trips_through_the_reader(tmp_path):
+    from annotate.re10k import parse_camera_data_text, write_camera_data_file
+
+    # a camera 2 m along +x looking down +z, turned 90 degrees about y: w2c written out by hand
+    c2w = np.eye(4)[None].repeat(2, 0)
+    c2w[1, :3, :3] = [[0, 0, 1], [0, 1, 0], [-1, 0, 0]]
+    c2w[1, :3, 3] = [2.0, 0.0, 0.0]
+    intr = np.array([[100.0, 120.0, 64.0, 48.0]] * 2)
+    path = tmp_path / "clip.txt"
+    write_camera_data_file(path, intr, c2w)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2 and len(lines[1].split()) == 18
+    assert all(len(f.split(".")[1]) == 10 for f in lines[1].split())  # 10 decimals, as the authors' files
+    assert [float(f) for f in lines[1].split()[6:]] == [0, 0, -1, 0, 0, 1, 0, 0, 1, 0, 0, -2]
+    got_intr, got_w2c = parse_camera_data_text(path.read_text(), path)
+    np.testing.assert_allclose(got_intr, intr)
+    np.testing.assert_allclose(got_w2c[1], [[0, 0, -1, 0], [0, 1, 0, 0], [1, 0, 0, -2]], atol=1e-12)
