@@ -11,7 +11,7 @@ from pathlib import Path
 from annotate.config import ConfigError, add_config_arguments, print_config
 from annotate.job_config import CONFIG_DIR, JobConfig, JobError, make_config
 from annotate.manifest import ManifestError
-from annotate.preflight import PreflightError, Problems, need_folder, need_manifest, need_output_folder, report
+from annotate.preflight import PreflightError, Problems, need_depth_model, need_manifest, need_output_folder, report
 
 DESCRIPTION = "Annotate a clip manifest with Ray (resumable); see annotate/job.py and data_manifests/README.md."
 
@@ -41,10 +41,6 @@ def _split_positionals(args: argparse.Namespace) -> None:
         args.manifest, args.out = args.out, None
 
 
-def _looks_local(spec: str) -> bool:
-    return spec.startswith(("/", "./", "../", "~")) or Path(spec).exists()
-
-
 def preflight(args: argparse.Namespace) -> JobConfig:
     """The resolved config, or a :class:`PreflightError` listing every problem of the command line."""
     pb = Problems("python -m annotate run")
@@ -62,10 +58,8 @@ def preflight(args: argparse.Namespace) -> JobConfig:
     else:
         rows = need_manifest(pb, args.manifest, "MANIFEST")
         need_output_folder(pb, args.out, "OUT")
-        if cfg is not None and rows and any(not r.get("depth_path") for r in rows) and _looks_local(
-                cfg.clip.depth.model):
-            need_folder(pb, cfg.clip.depth.model, "clip.depth.model", "a Depth Anything V2 metric folder "
-                        "(train/assets.md) or a hub id", contains=("config.json",))
+        if cfg is not None and rows and any(not r.get("depth_path") for r in rows):
+            need_depth_model(pb, cfg.clip.depth.model, "clip.depth.model")
     if cfg is not None and not 0 <= cfg.quantile < 0.5:
         pb.add(f"quantile must be in [0, 0.5), got {cfg.quantile}", "e.g. quantile=0.02")
     pb.raise_if_any()

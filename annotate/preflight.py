@@ -132,6 +132,15 @@ def need_annotation_dir(problems: Problems, path: str | os.PathLike, key: str, f
     return True
 
 
+def need_depth_model(problems: Problems, spec: str | None, key: str) -> bool:
+    """A Depth Anything V2 model given as a local folder holds its ``config.json``; a hub id (org/name) is left to
+    the loader (it may be in the local cache, and nothing is downloaded here)."""
+    if not spec or not (spec.startswith(("/", "./", "../", "~")) or Path(spec).exists()):
+        return True
+    return need_folder(problems, spec, key, "a Depth Anything V2 metric folder (train/assets.md) or a hub id",
+                       contains=("config.json",))
+
+
 def need_tokenizer(problems: Problems, path: str | os.PathLike, key: str) -> bool:
     """A local CLIP tokenizer folder (what transformers.CLIPTokenizer reads offline)."""
     return need_folder(problems, path, key, "download it (train/assets.md, 'CLIP tokenizer'): huggingface-cli "

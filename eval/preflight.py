@@ -8,6 +8,7 @@ from pathlib import Path
 from annotate.preflight import (
     Problems,
     need_annotation_dir,
+    need_depth_model,
     need_file,
     need_folder,
     need_manifest,
@@ -15,16 +16,6 @@ from annotate.preflight import (
 )
 
 ASSETS = "train/assets.md"
-
-
-def _looks_local(spec: str) -> bool:
-    return spec.startswith(("/", "./", "../", "~")) or Path(spec).exists()
-
-
-def check_depth_model(pb: Problems, spec: str | None, key: str) -> None:
-    if spec and _looks_local(spec):
-        need_folder(pb, spec, key, f"a Depth Anything V2 metric folder ({ASSETS}) or a hub id",
-                    contains=("config.json",))
 
 
 def check_generate(cfg) -> Problems:
@@ -43,7 +34,7 @@ def check_generate(cfg) -> Problems:
     if cfg.camera_cfg != 1.0:
         pb.add("camera CFG other than 1.0 is not implemented (the paper's evaluation uses 1.0)", "drop --camera-cfg")
     if cfg.depth == "model" or (cfg.depth == "auto" and not cfg.tiny):
-        check_depth_model(pb, cfg.depth_model, "--depth-model")
+        need_depth_model(pb, cfg.depth_model, "--depth-model")
     return pb
 
 
@@ -64,5 +55,5 @@ def check_run(a) -> Problems:
         if path:
             need_file(pb, path, key, f"the I3D weights for FVD ({ASSETS}, 'I3D')", (".pt", ".pth"))
     if not a.fvd_only:
-        check_depth_model(pb, a.depth_model, "--depth-model")
+        need_depth_model(pb, a.depth_model, "--depth-model")
     return pb

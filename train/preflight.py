@@ -15,6 +15,7 @@ import numpy as np
 from annotate.preflight import (
     Problems,
     need_annotation_dir,
+    need_depth_model,
     need_file,
     need_folder,
     need_manifest,
@@ -167,9 +168,8 @@ def check_sample(args) -> Problems:
         need_file(pb, args.last_image, "--last-image", "give an existing image file")
     if args.depth_file:
         need_file(pb, args.depth_file, "--depth-file", "a .npy or .npz (array 'depth') in metres", (".npy", ".npz"))
-    elif args.depth_model and _looks_local(args.depth_model):
-        need_folder(pb, args.depth_model, "--depth-model", f"a Depth Anything V2 metric folder ({ASSETS})",
-                    contains=("config.json",))
+    else:
+        need_depth_model(pb, args.depth_model, "--depth-model")
     check_model_options(pb, args.tiny, args.checkpoint, args.tokenizer, args.config, args.plugin)
     if args.annotations:
         need_annotation_dir(pb, args.annotations, "--annotations")
@@ -188,8 +188,3 @@ def check_sample(args) -> Problems:
                          args.annotations, args.trajectory_scale,
                          parse=not args.annotations or Path(args.annotations, "clips").is_dir())
     return pb
-
-
-def _looks_local(spec: str) -> bool:
-    """A folder path rather than a hub id (org/name)."""
-    return spec.startswith(("/", "./", "../", "~")) or Path(spec).exists()
