@@ -149,18 +149,14 @@ def _depth_source(cfg: GenerateConfig, model):
 
 def _manifest_depth(clip: dict, frame: int, hw: tuple[int, int]) -> np.ndarray:
     """The manifest's depth map of one frame, resized (nearest) and centre-cropped like the frames."""
-    from PIL import Image
-
     from annotate.depth import PrecomputedDepth
+    from annotate.images import resize_crop_map
 
     if not clip.get("depth_path"):
         raise ValueError(f"clip {clip['clip_id']}: the manifest has no depth_path (use --depth model)")
     src = PrecomputedDepth(clip["depth_path"], clip["num_frames"], unit=clip.get("depth_unit", ""))
     d = np.asarray(src.depth[frame], np.float32) * src.factor
-    plan = ResizeCrop.plan(d.shape, hw)
-    (rh, rw), (h, w) = plan.resized_hw, plan.out_hw
-    d = np.asarray(Image.fromarray(d, mode="F").resize((rw, rh), Image.Resampling.NEAREST))
-    return d[plan.top:plan.top + h, plan.left:plan.left + w]
+    return resize_crop_map(d, ResizeCrop.plan(d.shape, hw))
 
 
 # ------------------------------------------------------------------------------------------------ generation
