@@ -4,27 +4,21 @@ it prints at the end."""
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from annotate import output
+from annotate.log import progress_bar
 
 
 class Progress:
-    """Clips done / failed / clips per hour on stderr (rich), or nothing."""
+    """Clips done / failed / clips per hour on stderr (annotate.log's rich bar, kept after the job), or nothing."""
 
     def __init__(self, total: int, enabled: bool):
         self.total, self.done, self.failed, self.t0 = total, 0, 0, time.perf_counter()
-        self.bar = None
-        if enabled and total:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-            from rich.progress import Progress as RichProgress
-
-            self.bar = RichProgress(TextColumn("annotating"), BarColumn(), MofNCompleteColumn(),
-                                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                                    console=Console(stderr=True), transient=False)
-            self.task = self.bar.add_task("clips", total=total, info="")
-            self.bar.start()
+        self._stack = ExitStack()  # the bar lives from here to close(), not inside one with-block
+        self.bar = self._stack.enter_context(progress_bar("annotating", total, enabled=enabled and bool(total),
+                                                          transient=False))
 
     def rate(self) -> float:
         dt = time.perf_counter() - self.t0
@@ -33,13 +27,10 @@ class Progress:
     def update(self, status: str) -> None:
         self.done += 1
         self.failed += status != "ok"
-        if self.bar:
-            self.bar.update(self.task, completed=self.done,
-                            info=f"failed {self.failed}  {self.rate():.0f} clips/h")
+        self.bar.update(completed=self.done, info=f"failed {self.failed}  {self.rate():.0f} clips/h")
 
     def close(self) -> None:
-        if self.bar:
-            self.bar.stop()
+        self._stack.close()
 
 
 def print_summary(result: dict, out: Path) -> None:
