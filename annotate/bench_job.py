@@ -26,13 +26,14 @@ from annotate.files import write_json
 def bench(sample: str | os.PathLike = "data/sample", json_path: str | os.PathLike | None = None,
           num_cpus: int | None = 2, clips: int = 8, frames: int = 28, overrides: list[str] | None = None) -> dict:
     from annotate import output
-    from annotate.job import make_config, run, versions
+    from annotate.config import load_config
+    from annotate.job import JobConfig, run, versions
     from annotate.synth import SynthConfig, generate
 
     sample = Path(sample)
     if not (sample / "manifest.csv").exists():
         generate(SynthConfig(out=str(sample), clips=clips, frames=frames))
-    cfg = make_config(None, list(overrides or []))
+    cfg = load_config(JobConfig, None, list(overrides or []))
     cfg.progress = False
     cfg.ray.num_cpus = num_cpus
     load0 = os.getloadavg()

@@ -26,6 +26,7 @@ the job (:func:`run`) and keeps the public names of all of them.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import time
@@ -35,8 +36,8 @@ from pathlib import Path
 from annotate import output
 from annotate.clip import empty_record, failed, finish_stage, resolve_paths
 from annotate.config import ConfigError, to_dict
-from annotate.job_cli import add_arguments, main, run_from_args
-from annotate.job_config import CONFIG_DIR, JobConfig, JobError, RayConfig, make_config
+from annotate.job_cli import cli, main
+from annotate.job_config import CONFIG_DIR, JobConfig, JobError, RayConfig
 from annotate.job_pipeline import DepthUDF, build_dataset, finish_udf, triangulate_udf
 from annotate.job_progress import Progress, print_summary
 from annotate.local_ray import start_ray, stop_ray
@@ -45,10 +46,9 @@ from annotate.manifest import load as load_manifest
 from annotate.preflight import Problems, need_output_folder
 from annotate.provenance import versions
 
-__all__ = ["CONFIG_DIR", "DepthUDF", "JobConfig", "JobError", "Progress", "RayConfig", "add_arguments",
-           "build_dataset", "check_out_folder", "crashed_row", "finish_udf", "folder_lock", "main", "make_config",
-           "print_summary", "run", "run_from_args", "setup_logging", "start_ray", "stop_ray", "triangulate_udf",
-           "versions"]
+__all__ = ["CONFIG_DIR", "DepthUDF", "JobConfig", "JobError", "Progress", "RayConfig", "build_dataset",
+           "check_out_folder", "cli", "crashed_row", "finish_udf", "folder_lock", "main", "print_summary", "run",
+           "setup_logging", "start_ray", "stop_ray", "triangulate_udf", "versions"]
 
 log = get_logger()
 
@@ -75,7 +75,7 @@ def folder_lock(out: Path):
 def run(manifest: str | os.PathLike, out: str | os.PathLike, cfg: JobConfig | None = None) -> dict:
     """Annotate every manifest clip not yet in ``out`` (all of them, or the failed ones again with
     ``cfg.retry_failed``), then filter, export and write manifest.json. Returns a summary dict."""
-    cfg = cfg or JobConfig()
+    cfg = dataclasses.replace(cfg or JobConfig(), manifest=str(manifest), out=str(out))  # as recorded
     manifest, out = Path(manifest), Path(out)
     check_out_folder(out)
     rows = load_manifest(manifest)  # raises ManifestError before anything is written

@@ -1,100 +1,49 @@
-"""``python -m annotate run``: the annotation job's command line, generated from :class:`JobConfig` (every key
-with its type, default and help in ``--help``; ``--print-config`` prints the resolved YAML), and its preflight:
-every problem of the inputs in one message before Ray starts or anything is written."""
+"""``python -m annotate run MANIFEST OUT [options] [key=value ...]``: the annotation job's command line,
+generated from :class:`JobConfig` (annotate/command.py), and its preflight: every problem of the inputs in one
+message before Ray starts or anything is written."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from annotate.config import ConfigError, add_config_arguments, print_config
-from annotate.job_config import CONFIG_DIR, JobConfig, JobError, make_config
+from annotate.command import Command
+from annotate.config import ConfigError
+from annotate.job_config import CONFIG_DIR, JobConfig, JobError
 from annotate.manifest import ManifestError
-from annotate.preflight import PreflightError, Problems, need_depth_model, need_manifest, need_output_folder, report
+from annotate.preflight import Problems, need_depth_model, need_manifest, need_output_folder
 
 DESCRIPTION = "Annotate a clip manifest with Ray (resumable); see annotate/job.py and data_manifests/README.md."
+FLAGS = {"--address": "ray.address", "--num-cpus": "ray.num_cpus", "--depth-actors": "ray.depth_actors",
+         "--gpus-per-actor": "ray.gpus_per_actor", "--retry-failed": "retry_failed", "--progress": "progress"}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = p.description or DESCRIPTION
-    p.add_argument("manifest", nargs="?", help="clip manifest (CSV or Parquet)")
-    p.add_argument("out", nargs="?", help="annotation output folder (created; reused to resume)")
-    add_config_arguments(p, JobConfig, "YAML preset, e.g. annotate/configs/default.yaml or cluster.yaml")
-    p.add_argument("--address", help="Ray cluster to join, sets ray.address (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--retry-failed", action="store_true", help="reprocess clips whose row is failed (retry_failed)")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (ray.num_cpus; default: all cores)")
-    p.add_argument("--depth-actors", type=int, help="depth model actors (ray.depth_actors; default 1)")
-    p.add_argument("--gpus-per-actor", type=float, help="GPUs per depth actor (default 1 where GPUs exist)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or summary table (progress=false)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logging")
-
-
-def _split_positionals(args: argparse.Namespace) -> None:
-    """key=value words that argparse put in the optional MANIFEST / OUT slots are overrides."""
-    for name in ("out", "manifest"):
-        v = getattr(args, name)
-        if v is not None and "=" in v and not Path(v).exists():
-            args.overrides.insert(0, v)
-            setattr(args, name, None)
-    if args.manifest is None and args.out is not None:
-        args.manifest, args.out = args.out, None
-
-
-def preflight(args: argparse.Namespace) -> JobConfig:
-    """The resolved config, or a :class:`PreflightError` listing every problem of the command line."""
+def preflight(cfg: JobConfig) -> None:
+    """A :class:`PreflightError` listing every problem of the inputs."""
     pb = Problems("python -m annotate run")
-    cfg = None
-    if args.config and not Path(args.config).is_file():
-        pb.add(f"--config {args.config!r}: no such file",
-               f"give a YAML preset, e.g. {', '.join(str(c) for c in sorted(CONFIG_DIR.glob('*.yaml')))}")
-    else:
-        try:
-            cfg = make_config(args.config, args.overrides, args)
-        except ConfigError as e:
-            pb.add(str(e))
-    if args.manifest is None or args.out is None:
+    if not cfg.manifest or not cfg.out:
         pb.add("MANIFEST and OUT are required", "python -m annotate run MANIFEST OUT [key=value ...]")
     else:
-        rows = need_manifest(pb, args.manifest, "MANIFEST")
-        need_output_folder(pb, args.out, "OUT")
-        if cfg is not None and rows and any(not r.get("depth_path") for r in rows):
+        rows = need_manifest(pb, cfg.manifest, "MANIFEST")
+        need_output_folder(pb, cfg.out, "OUT")
+        if rows and any(not r.get("depth_path") for r in rows):
             need_depth_model(pb, cfg.clip.depth.model, "clip.depth.model")
-    if cfg is not None and not 0 <= cfg.quantile < 0.5:
+    if not 0 <= cfg.quantile < 0.5:
         pb.add(f"quantile must be in [0, 0.5), got {cfg.quantile}", "e.g. quantile=0.02")
     pb.raise_if_any()
-    return cfg
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m annotate run", description=DESCRIPTION)
-    add_arguments(p)
-    args, extra = p.parse_known_args(argv)
-    args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]  # overrides after options
-    extra = [e for e in extra if e not in args.overrides]
-    if extra:
-        p.error(f"unrecognized arguments: {' '.join(extra)}")
-    return run_from_args(args)
-
-
-def run_from_args(args: argparse.Namespace) -> int:
+def main(cfg: JobConfig) -> dict:
+    """Preflight, then the job (:func:`annotate.job.run`); its summary."""
     from annotate.job import run
-    from annotate.log import setup_logging
 
-    setup_logging(args.verbose)
-    _split_positionals(args)
-    if args.print_config:
-        try:
-            print_config(make_config(args.config, args.overrides, args))
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        return 0
+    preflight(cfg)
+    return run(cfg.manifest, cfg.out, cfg)
+
+
+def _run(cfg: JobConfig, args: argparse.Namespace) -> int:
     try:
-        cfg = preflight(args)
-        run(args.manifest, args.out, cfg)
-    except PreflightError as e:
-        return report(e)
+        main(cfg)
     except (ManifestError, ConfigError, JobError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -102,11 +51,21 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted; finished clips are saved in {args.out}; rerun the same command to resume",
+        print(f"interrupted; finished clips are saved in {cfg.out}; rerun the same command to resume",
               file=sys.stderr)
         return 130
     return 0
 
 
+def command() -> Command:
+    presets = ", ".join(f"annotate/configs/{c.name}" for c in sorted(CONFIG_DIR.glob("*.yaml")))
+    return Command(JobConfig, _run, "python -m annotate run", DESCRIPTION, positionals=("manifest", "out"),
+                   flags=FLAGS, presets=f"YAML preset, e.g. {presets}")
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return command().main(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

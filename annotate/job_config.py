@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from annotate.clip import ClipConfig
-from annotate.config import load_config
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -30,6 +28,8 @@ class RayConfig:
 class JobConfig:
     """``python -m annotate run``'s config (annotate/configs/*.yaml presets, dotted overrides)."""
 
+    manifest: str = ""  # clip manifest (CSV or Parquet); the command's first word
+    out: str = ""  # annotation output folder (created; reused to resume); the command's second word
     clip: ClipConfig = field(default_factory=ClipConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     shard_rows: int = 256  # maximum rows per shard
@@ -41,21 +41,3 @@ class JobConfig:
 
 class JobError(RuntimeError):
     """The job cannot run or stopped; the message says what to do."""
-
-
-def make_config(config: str | None, overrides: list[str], args: argparse.Namespace | None = None) -> JobConfig:
-    cfg = load_config(JobConfig, config, overrides)
-    if args is not None:
-        if getattr(args, "address", None):
-            cfg.ray.address = args.address
-        if getattr(args, "num_cpus", None) is not None:
-            cfg.ray.num_cpus = args.num_cpus
-        if getattr(args, "depth_actors", None) is not None:
-            cfg.ray.depth_actors = args.depth_actors
-        if getattr(args, "gpus_per_actor", None) is not None:
-            cfg.ray.gpus_per_actor = args.gpus_per_actor
-        if getattr(args, "retry_failed", False):
-            cfg.retry_failed = True
-        if getattr(args, "no_progress", False):
-            cfg.progress = False
-    return cfg

@@ -21,7 +21,7 @@ import pytest
 
 from annotate import output
 from annotate.config import ConfigError, load_config
-from annotate.job import CONFIG_DIR, JobConfig, make_config, run
+from annotate.job import CONFIG_DIR, JobConfig, run
 from annotate.manifest import write_manifest
 from annotate.synth import load_ground_truth
 
@@ -162,15 +162,18 @@ def test_filter_thresholds_unit():
 def test_configs_and_overrides():
     for name in ("default.yaml", "cluster.yaml"):
         load_config(JobConfig, CONFIG_DIR / name)
-    import argparse
+    from annotate.job_cli import command
 
-    args = argparse.Namespace(address="ray://h:10001", num_cpus=3, depth_actors=4, gpus_per_actor=0.5,
-                              retry_failed=True, no_progress=False)
-    cfg = make_config(str(CONFIG_DIR / "default.yaml"), ["shard_rows=7", "clip.depth.model=/m"], args)
-    assert (cfg.shard_rows, cfg.clip.depth.model, cfg.ray.address, cfg.ray.num_cpus, cfg.ray.depth_actors,
-            cfg.ray.gpus_per_actor, cfg.retry_failed) == (7, "/m", "ray://h:10001", 3, 4, 0.5, True)
+    argv = ["m.csv", "--config", str(CONFIG_DIR / "default.yaml"), "shard_rows=7", "out", "clip.depth.model=/m",
+            "--address", "ray://h:10001", "--num-cpus", "3", "--depth-actors", "4", "--gpus-per-actor", "0.5",
+            "--retry-failed", "--no-progress"]
+    cfg, _ = command().parse(argv)
+    assert (cfg.manifest, cfg.out, cfg.shard_rows, cfg.clip.depth.model, cfg.ray.address, cfg.ray.num_cpus,
+            cfg.ray.depth_actors, cfg.ray.gpus_per_actor, cfg.retry_failed, cfg.progress) == \
+        ("m.csv", "out", 7, "/m", "ray://h:10001", 3, 4, 0.5, True, False)
+    assert command().parse(["m.csv", "out", "--num-cpus", "3", "ray.num_cpus=5"])[0].ray.num_cpus == 5  # key=value last
     with pytest.raises(ConfigError, match="shard_rows"):
-        make_config(None, ["shard_row=3"])
+        command().parse(["m.csv", "out", "shard_row=3"])
 
 
 # ------------------------------------------------------------------------------------------------ robustness

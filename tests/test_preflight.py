@@ -282,21 +282,17 @@ def test_annotate_run_preflight_lists_everything(tmp_path, capsys):
 
 
 def test_help_lists_keys_types_defaults_choices():
-    from annotate.job_cli import add_arguments
-    from train.__main__ import build_parser
+    from annotate.job_cli import command as job_command
+    from train.__main__ import command as train_command
 
-    text = build_parser().format_help()
+    text = train_command().parser().format_help()
     assert "optim.lr (float, default: 0.0001)" in text and "AdamW learning rate" in text
     assert "camera.kind (choice, default: realcam; choices: realcam, cami2v, cameractrl, motionctrl)" in text
     assert "run.mixed_precision (choice, default: fp16; choices: no, fp16, bf16)" in text
     assert "data.stride_range (tuple[int, int], default: [1, 10])" in text
     assert "--print-config" in text and "--check" in text
 
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m annotate run")
-    add_arguments(p)
-    text = p.format_help()
+    text = job_command().parser().format_help()
     assert "shard_rows (int, default: 256)" in text and "maximum rows per shard" in text
     assert "clip.depth.model (str, default: depth-anything/Depth-Anything-V2-Metric-Indoor-Large-hf)" in text
     assert "debug_crash_ids" not in text

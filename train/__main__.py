@@ -11,33 +11,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from annotate.config import ConfigError, add_config_arguments, print_config
-from annotate.preflight import PreflightError, report
+from annotate.command import Command
+from annotate.config import ConfigError
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .config import TrainConfig
-
-    p = argparse.ArgumentParser(prog="python -m train", description=__doc__)
-    add_config_arguments(p, TrainConfig, "trainer preset (train/configs/*.yaml) or a run's config.yaml")
+def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", action="store_true",
                    help="check the inputs only (paths, checkpoint, tokenizer; not the launch) and exit: 0 when all "
                         "is in place (make check-assets)")
-    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .config import load_train_config
-
-    try:
-        cfg = load_train_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print_config(cfg)
-        return 0
+def run(cfg, args: argparse.Namespace) -> int:
+    """Preflight, then train (``--check``: the preflight's inputs part only)."""
     from .preflight import check_train
     from .run_folder import resolve_resume
 
@@ -46,10 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         resolve_resume(cfg)  # resume=none on a used folder, damaged checkpoints
     except ConfigError as e:
         problems.add(str(e))  # names its own fix
-    try:
-        problems.raise_if_any()
-    except PreflightError as e:
-        return report(e)
+    problems.raise_if_any()
     if args.check:  # the assets only: where it is checked (a login node) is rarely where it runs
         print(f"preflight passed: every input of {args.config or 'the default config'} is in place")
         if cfg.run.deepspeed:
@@ -60,13 +42,22 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         train(cfg)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except TrainingError as e:  # the run stopped itself (non-finite steps or weights); good checkpoints kept
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def command() -> Command:
+    from .config import TrainConfig, check, read_preset
+
+    return Command(TrainConfig, run, "python -m train", __doc__, flags={}, options=_options,
+                   presets="trainer preset (train/configs/*.yaml) or a run's config.yaml",
+                   load_preset=read_preset, check=check)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command().main(argv)
 
 
 if __name__ == "__main__":

@@ -152,8 +152,13 @@ def check(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def load_train_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Preset (or a run's config.yaml, whose informational ``meta`` block is ignored), then overrides."""
-    data = read_yaml(path) if path else {}
+def read_preset(path: str) -> dict:
+    """A preset or a run's config.yaml, whose informational ``meta`` block is ignored."""
+    data = read_yaml(path)
     data.pop("meta", None)
-    return check(apply_overrides(from_dict(TrainConfig, data), list(overrides or [])))
+    return data
+
+
+def load_train_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Preset (or a run's config.yaml), then overrides."""
+    return check(apply_overrides(from_dict(TrainConfig, read_preset(path) if path else {}), list(overrides or [])))

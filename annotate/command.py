@@ -1,0 +1,348 @@
+"""Every stage's command line, generated from its typed config.
+
+A stage is a dataclass config plus ``main(cfg)`` (callable from Python). Its :class:`Command` builds the
+command line from the config: the positional words and ``--options`` named in the command map onto config keys
+(type, default, choices and help all come from the dataclass; help is the field's comment), and every command
+takes ``--config PRESET.yaml``, ``key=value`` overrides of any dotted key (values are YAML), ``--print-config``
+(the resolved config as YAML, loadable again with ``--config``), and ``-v``/``-vv`` for logging.
+
+Precedence: the dataclass defaults, then ``--config``, then the options and positional words, then the
+``key=value`` overrides. ``--help`` lists every key with its type and default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import io
+import os
+import re
+import sys
+import textwrap
+import tokenize
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from annotate.config import ConfigError, _coerce, _dataclass_type, apply_overrides, dump_yaml, from_dict, read_yaml
+
+OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")  # a ``dotted.key=value`` word
+_PREFIX = "cfg:"  # argparse dest of an option that sets a config key: "cfg:<dotted key>"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description/epilog layout and adds "(default: ...)" to every option whose help does not
+    already say its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if ("default" in (action.help or "").lower() or action.required
+                or action.default in (None, "", argparse.SUPPRESS)):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+# ------------------------------------------------------------------------------------------------ key docs
+# The help text of a key has ONE source: the comment on the field's line in the dataclass's source (or, when
+# that line has none, the comment lines directly above the field).
+
+
+def _source_comments(cls: type) -> dict[str, str]:
+    """Field name -> its comment in the class source ({} when the source is not available)."""
+    try:
+        lines, _ = inspect.getsourcelines(cls)
+    except (OSError, TypeError):
+        return {}
+    src = "".join(lines)
+    comments: dict[int, str] = {}  # line (0-based) -> comment text
+    trailing: set[int] = set()
+    code_lines: set[int] = set()
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+            row = tok.start[0] - 1
+            if tok.type == tokenize.COMMENT:
+                comments[row] = tok.string.lstrip("#").strip()
+                if row in code_lines:
+                    trailing.add(row)
+            elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+                code_lines.add(row)
+    except (tokenize.TokenError, SyntaxError):
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, str] = {}
+    body_indent = None
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s+)(\w+)\s*:", line)
+        if not m or m.group(2) not in names or m.group(2) in out:
+            continue
+        body_indent = body_indent or m.group(1)
+        if m.group(1) != body_indent:
+            continue
+        if i in trailing:
+            out[m.group(2)] = comments[i]
+            continue
+        above, j = [], i - 1
+        while j >= 0 and j in comments and j not in code_lines:
+            above.insert(0, comments[j])
+            j -= 1
+        if above:
+            out[m.group(2)] = " ".join(above)
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "None"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return "choice"
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _choices(tp: Any) -> tuple | None:
+    if typing.get_origin(tp) is typing.Literal:
+        return typing.get_args(tp)
+    for a in typing.get_args(tp):
+        if typing.get_origin(a) is typing.Literal:
+            return typing.get_args(a)
+    return None
+
+
+@dataclass
+class KeyDoc:
+    key: str
+    type: Any  # the annotation
+    default: Any
+    help: str
+    required: bool = False
+
+    @property
+    def type_name(self) -> str:
+        return _type_name(self.type)
+
+    @property
+    def choices(self) -> tuple | None:
+        return _choices(self.type)
+
+
+def describe(obj: Any, prefix: str = "") -> list[KeyDoc]:
+    """Every dotted leaf key of a config instance with its type, current value, help text and choices."""
+    cls = type(obj)
+    hints = typing.get_type_hints(cls, include_extras=False)
+    notes = _source_comments(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        value = getattr(obj, f.name)
+        sub = _dataclass_type(hints[f.name])
+        if sub is not None:
+            out += describe(value if value is not None else sub(), f"{prefix}{f.name}.")
+        else:
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            out.append(KeyDoc(prefix + f.name, hints[f.name], value, notes.get(f.name, ""), required))
+    return out
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        value = list(value)
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text[:-4].strip() if text.endswith("\n...") or text.endswith(" ...") else text.removesuffix("...")
+
+
+def keys_help(obj: Any, title: str = "config keys") -> str:
+    """The --help section listing every key: ``key (type, default X; choices ...)`` and its help text."""
+    lines = [f"{title}; override any with key=value (values are YAML):"]
+    for d in describe(obj):
+        extra = f"; choices: {', '.join(map(str, d.choices))}" if d.choices else ""
+        default = "required" if d.required else f"default: {_show(d.default)}"
+        lines.append(f"  {d.key} ({d.type_name}, {default}{extra})")
+        if d.help:
+            lines += [f"      {t}" for t in textwrap.wrap(d.help, 96)]
+    return "\n".join(lines)
+
+
+def print_config(cfg: Any, stream: typing.TextIO | None = None) -> None:
+    """The resolved config as YAML (loadable as a preset: ``--config`` of the printed file gives ``cfg``)."""
+    (stream or sys.stdout).write(dump_yaml(cfg))
+
+
+# ------------------------------------------------------------------------------------------------ the command
+
+
+def _blank(cls: type) -> Any:
+    """The class defaults, with None in the fields that have none (required keys)."""
+    return cls(**{f.name: None for f in dataclasses.fields(cls)
+                  if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING})
+
+
+def _set(cfg: Any, key: str, value: Any) -> None:
+    *path, leaf = key.split(".")
+    obj = cfg
+    for p in path:
+        obj = getattr(obj, p)
+    setattr(obj, leaf, _coerce(value, typing.get_type_hints(type(obj))[leaf], key))
+
+
+def _sequence(tp: Any) -> bool:
+    return any(typing.get_origin(a) in (list, tuple) for a in (tp, *typing.get_args(tp)))
+
+
+@dataclass
+class Command:
+    """A stage's command line: ``config`` (a dataclass) and ``run(cfg, args)``, which does the work (usually
+    ``main(cfg)``) and returns the exit code (None = 0) or a result that is printed as JSON."""
+
+    config: type  # the stage's config dataclass
+    run: Callable[[Any, argparse.Namespace], Any]
+    prog: str  # e.g. "python -m annotate index"
+    description: str = ""
+    positionals: tuple[str, ...] = ()  # keys given as words, in this order (a list key takes the rest)
+    flags: dict[str, str] | None = None  # --option -> key; None: every top-level leaf field as --field-name
+    presets: str = "YAML preset of the config (keys as below)"  # help of --config
+    options: Callable[[argparse.ArgumentParser], None] | None = None  # options outside the config (e.g. --check)
+    defaults: Any = None  # the config whose values --help shows (default: the class defaults)
+    print_result: bool = True  # print a dict/list result of run() as JSON on stdout
+    load_preset: Callable[[str], dict] = read_yaml  # --config's file as a mapping
+    check: Callable[[Any], Any] | None = None  # validates (and may complete) the resolved config
+
+    # -------------------------------------------------------------------------------- parser
+    def _flags(self) -> dict[str, str]:
+        if self.flags is not None:
+            return dict(self.flags)
+        hints = typing.get_type_hints(self.config)
+        return {"--" + f.name.replace("_", "-"): f.name for f in dataclasses.fields(self.config)
+                if f.name not in self.positionals and _dataclass_type(hints[f.name]) is None}
+
+    def parser(self) -> argparse.ArgumentParser:
+        shown = self.defaults if self.defaults is not None else _blank(self.config)
+        docs = {d.key: d for d in describe(shown)}
+        p = argparse.ArgumentParser(prog=self.prog, description=self.description, formatter_class=HelpFormatter)
+        for key in self.positionals:
+            d = docs[key]
+            p.add_argument(f"{_PREFIX}{key}", metavar=key.rsplit(".", 1)[-1].upper(),
+                           nargs="*" if _sequence(d.type) else "?", default=argparse.SUPPRESS,
+                           help=d.help + ("" if d.required or d.default in ("", None)
+                                              else f" (default: {_show(d.default)})"))
+        p.add_argument("--config", default=None, metavar="YAML", help=self.presets)
+        p.add_argument("--print-config", action="store_true",
+                       help="print the resolved config (defaults, preset, options, overrides) as YAML and exit")
+        for opt, key in self._flags().items():
+            d = docs[key]
+            text = d.help or key
+            sets = "" if opt == "--" + key.replace("_", "-") else f"; sets {key}"
+            if d.type is bool:
+                p.add_argument(opt, dest=_PREFIX + key, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=f"{text} (default: {_show(d.default)}{sets})")
+                continue
+            kw: dict[str, Any] = {"dest": _PREFIX + key, "default": argparse.SUPPRESS}
+            choices = d.choices
+            if choices and all(isinstance(c, str) for c in choices):
+                kw["choices"] = choices
+            else:
+                kw["metavar"] = opt.lstrip("-").replace("-", "_").upper()
+            if _sequence(d.type):
+                kw["nargs"] = "+"
+            default = "required" if d.required else f"default: {_show(d.default)}"
+            kw["help"] = f"{text} ({default}{sets})"
+            p.add_argument(opt, **kw)
+        p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logging")
+        if self.options:
+            self.options(p)
+        p.epilog = keys_help(shown, "config keys (--print-config shows the resolved values)")
+        return p
+
+    # -------------------------------------------------------------------------------- resolve
+    def split(self, p: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
+        """(argv for argparse, the ``key=value`` overrides): a word is an override when it looks like
+        ``dotted.key=...``, is not an existing path and is not the value of the option before it."""
+        words, overrides = [], []
+        takes_value = {s for a in p._actions for s in a.option_strings if a.nargs != 0}
+        prev = None
+        for w in argv:
+            if OVERRIDE.match(w) and not os.path.exists(w) and prev not in takes_value:
+                overrides.append(w)
+            else:
+                words.append(w)
+            prev = w
+        return words, overrides
+
+    def resolve(self, args: argparse.Namespace, overrides: list[str] = ()) -> Any:
+        """The config of parsed arguments: defaults < --config < options/words < key=value."""
+        cfg = _blank(self.config)
+        if args.config:
+            cfg = from_dict(self.config, self.load_preset(args.config), base=cfg)
+        for dest, value in vars(args).items():
+            if dest.startswith(_PREFIX):
+                _set(cfg, dest[len(_PREFIX):], value)
+        apply_overrides(cfg, list(overrides))
+        missing = [d.key for d in describe(cfg) if d.required and getattr(cfg, d.key.split(".")[0]) is None]
+        if missing:
+            names = {k: o for o, k in self._flags().items()}
+            how = [names.get(k) or (k.upper() if k in self.positionals else f"{k}=...") for k in missing]
+            raise ConfigError(f"{self.prog}: missing {', '.join(how)}")
+        return self.check(cfg) if self.check else cfg
+
+    def parse(self, argv: list[str] | None = None) -> tuple[Any, argparse.Namespace]:
+        """(config, namespace) of a command line; ConfigError for a bad value or key."""
+        p = self.parser()
+        words, overrides = self.split(p, list(sys.argv[1:] if argv is None else argv))
+        args = p.parse_intermixed_args(words)  # words may come between options
+        args.overrides = overrides
+        return self.resolve(args, overrides), args
+
+    def main(self, argv: list[str] | None = None) -> int:
+        """Parse, then ``--print-config`` or ``run``; config errors and failed preflights exit 2 in one line."""
+        from annotate.log import setup_logging
+        from annotate.preflight import PreflightError, report
+
+        try:
+            cfg, args = self.parse(argv)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if args.print_config:
+            print_config(cfg)
+            return 0
+        setup_logging(args.verbose)
+        try:
+            result = self.run(cfg, args)
+        except PreflightError as e:
+            return report(e)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(result, dict | list):
+            if self.print_result:
+                import json
+
+                print(json.dumps(result, indent=1, default=str))
+            return 0
+        return int(result or 0)
+
+
+def dispatch(commands: dict[str, tuple[Callable[[list[str]], int], str]], argv: list[str] | None, prog: str,
+             description: str) -> int:
+    """``prog NAME ...``: runs command NAME (name -> (its command line function, one line of help))."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        width = max(map(len, commands))
+        lines = [f"usage: {prog} {{{','.join(commands)}}} ...", "", description, "", "commands:"]
+        lines += [f"  {n:<{width}}  {h}" for n, (_, h) in commands.items()]
+        lines.append(f"\n{prog} NAME --help shows a command's options and config keys.")
+        text = "\n".join(lines)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"{text}\n\nerror: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        print(text, file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    return commands[argv[0]][0](argv[1:])
+
+
