@@ -1,4 +1,4 @@
-"""``python -m eval``: see :mod:`eval.cli`."""
+"""``python -m eval NAME ...``: the dispatcher in :mod:`eval.cli`."""
 
 import sys
 

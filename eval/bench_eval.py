@@ -1,7 +1,7 @@
 """Cost of `eval run`'s pose trials on this machine, and of the paper's full protocol.
 
     python -m eval.bench_eval [--out bench/eval.json] [--clips 2] [--trials 2] [--frames 16] [--size 256]
-                              [--num-cpus 2] [--no-affine]
+                              [--num-cpus 2] [--no-affine] [key=value ...]
 
 Renders ``clips`` synthetic clips (orbit, ``frames`` frames of ``size`` x ``size``, the resolution of the
 256 model's samples) whose sample drifts from the ground truth, then runs ``eval run`` on a local Ray twice
@@ -18,16 +18,17 @@ run: an upper bound). Without a depth model: a metric depth source adds one forw
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from annotate.command import Command
 from annotate.files import write_json
 
 PROTOCOL = {"clips": 1000, "videos_per_clip": 2, "trials": 5, "node_cores": 64}
@@ -143,21 +144,31 @@ def bench(out: str | os.PathLike | None = "bench/eval.json", clips: int = 2, tri
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.bench_eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="bench/eval.json")
-    p.add_argument("--clips", type=int, default=2)
-    p.add_argument("--trials", type=int, default=2)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--num-cpus", type=int, default=2)
-    p.add_argument("--no-affine", action="store_true", help="plain SIFT (not the reference's settings)")
-    a = p.parse_args(argv)
+@dataclass
+class BenchEvalConfig:
+    out: str = "bench/eval.json"  # the result JSON ("" = not written)
+    clips: int = 2  # synthetic clips (orbit)
+    trials: int = 2  # pose-estimation trials per video
+    frames: int = 16  # frames per clip
+    size: int = 256  # frame width and height
+    num_cpus: int = 2  # CPUs of the local Ray
+    affine: bool = True  # affine SIFT with domain-size pooling (the reference's); false: plain SIFT
+
+
+def main(cfg: BenchEvalConfig) -> dict:
+    """:func:`bench` of the config; the result (also written to ``cfg.out``)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    res = bench(a.out, a.clips, a.trials, a.frames, a.size, a.num_cpus, not a.no_affine)
-    print(json.dumps(res, indent=1))
-    return 0
+    return bench(cfg.out, cfg.clips, cfg.trials, cfg.frames, cfg.size, cfg.num_cpus, cfg.affine)
+
+
+def command() -> Command:
+    return Command(BenchEvalConfig, lambda cfg, args: main(cfg), "python -m eval.bench_eval",
+                   __doc__.split("\n\n")[0])
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return command().main(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(cli())

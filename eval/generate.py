@@ -30,8 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Literal
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 
 from annotate.camera import ResizeCrop
+from annotate.command import Command
 from annotate.files import atomic_write_text
 from annotate.re10k import write_camera_data_file
 from annotate.video import write_video
@@ -284,36 +286,41 @@ def _uint8_frame0(sample: dict) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ command line
 
-
-FLAGS = {"out_dir": "--out", "annotation_dir": "--annotations", "cfg_scale": "--cfg"}  # the historical names
-
-
-def add_parser(sub) -> argparse.ArgumentParser:
-    """The ``generate`` subcommand of ``python -m eval``: one option per :class:`GenerateConfig` field."""
-    from annotate.config import add_flags
-
-    s = sub.add_parser("generate", help="generate samples/, gt_video/, camera_data/ for `run` (paper protocol)",
-                       description=__doc__.split("\n\n")[0])
-    add_flags(s, GenerateConfig, rename=FLAGS, negate={"show_progress": "--no-progress"},
-              required=("out_dir", "annotation_dir", "manifest"))
-    s.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    s.set_defaults(func=cmd_generate)
-    return s
+# The historical option names; every other field is --its-name. The backbone preset's option is
+# --backbone-config: --config is every command's YAML preset of the config itself (annotate/command.py).
+RENAMED = {"out_dir": "--out", "annotation_dir": "--annotations", "cfg_scale": "--cfg", "config": "--backbone-config",
+           "show_progress": "--progress"}
+FLAGS = {RENAMED.get(f.name, "--" + f.name.replace("_", "-")): f.name for f in fields(GenerateConfig)}
 
 
-def cmd_generate(a: argparse.Namespace) -> int:
-    from annotate.config import from_flags, print_config
-    from annotate.preflight import PreflightError, report
+def main(cfg: GenerateConfig) -> dict:
+    """Preflight (before the model loads and before ``out_dir`` is created), then :func:`run_generate`."""
     from eval.preflight import check_generate
 
-    cfg = from_flags(GenerateConfig, a)
-    if a.print_config:
-        print_config(cfg)
-        return 0
+    check_generate(cfg).raise_if_any()
+    return run_generate(cfg)
+
+
+def _run(cfg: GenerateConfig, args: argparse.Namespace) -> int:
+    from eval.log import setup_logging
+
+    setup_logging(bool(args.verbose))  # evaluation commands log INFO by default
     try:
-        check_generate(cfg).raise_if_any()  # before the model loads and before --out is created
-    except PreflightError as e:
-        return report(e)
-    result = run_generate(cfg)
+        result = main(cfg)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=1))
     return 0
+
+
+def command() -> Command:
+    return Command(GenerateConfig, _run, "python -m eval generate", __doc__.split("\n\n")[0], flags=FLAGS)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return command().main(argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli())

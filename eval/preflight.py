@@ -38,22 +38,24 @@ def check_generate(cfg) -> Problems:
     return pb
 
 
-def check_run(a) -> Problems:
-    """Every problem of an ``eval run`` command line (its argparse namespace)."""
+def check_run(cfg) -> Problems:
+    """Every problem of an ``eval run`` config (:class:`eval.run.EvalRunConfig`)."""
     pb = Problems("python -m eval run")
     fix = "give the experiment folder that python -m eval generate wrote (samples/, gt_video/, camera_data/)"
-    if need_folder(pb, a.exp_dir, "EXP_DIR", fix):
-        exp = Path(a.exp_dir)
+    if need_folder(pb, cfg.exp_dir, "EXP_DIR", fix):
+        exp = Path(cfg.exp_dir)
         if not any((exp / sub).is_dir() and any((exp / sub).iterdir())
                    for sub in ("samples", "gt_video", "camera_data")):
-            pb.add(f"EXP_DIR {a.exp_dir!r}: no clips (expected samples/*.mp4, gt_video/*.mp4, camera_data/*.txt)",
+            pb.add(f"EXP_DIR {cfg.exp_dir!r}: no clips (expected samples/*.mp4, gt_video/*.mp4, camera_data/*.txt)",
                    fix)
-    need_output_folder(pb, a.out, "--out")
-    if a.cache:
-        need_output_folder(pb, a.cache, "--cache")
-    for key, path in (("--videogpt-i3d", a.videogpt_i3d), ("--styleganv-i3d", a.styleganv_i3d)):
+    need_output_folder(pb, cfg.out_dir, "--out")
+    if cfg.cache_dir:
+        need_output_folder(pb, cfg.cache_dir, "--cache")
+    fvd = cfg.fvd
+    weights = (fvd.videogpt_weights, fvd.styleganv_torchscript) if fvd is not None else (None, None)
+    for key, path in zip(("--videogpt-i3d", "--styleganv-i3d"), weights):
         if path:
             need_file(pb, path, key, f"the I3D weights for FVD ({ASSETS}, 'I3D')", (".pt", ".pth"))
-    if not a.fvd_only:
-        need_depth_model(pb, a.depth_model, "--depth-model")
+    if cfg.poses:
+        need_depth_model(pb, cfg.depth_model, "--depth-model")
     return pb

@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from annotate.camera import camera_centres, rotation_angle
+from annotate.command import Command
 from annotate.files import atomic_path, atomic_write_text
 from eval.log import logger, progress
 from eval.metrics import METRIC_NAMES, normalize_translation
@@ -36,11 +39,11 @@ HEADERS = {"RotErr": "RotErr↓", "TransErr_rel": "TransErr_rel↓", "CamMC_rel"
 
 @dataclass
 class ReportConfig:
-    results: list[str]
-    out_dir: str
+    results: list[str]  # results folders written by `eval run`
+    out_dir: str  # folder of table.md, table.csv and plots/
     names: list[str] | None = None  # row labels; default: the results folders' names
-    plots: bool = True
-    max_failures_listed: int = 20
+    plots: bool = True  # per-clip trajectory plots (False: tables only)
+    max_failures_listed: int = 20  # failed clips listed per results folder in table.md
 
 
 def load_summary(results_dir: str | Path) -> dict[str, Any]:
@@ -171,3 +174,40 @@ def write_report(cfg: ReportConfig) -> dict[str, Any]:
                     logger.warning("plot of %s failed: %s", f, e)
     logger.info("wrote %s, %s and %d plots", out / "table.md", out / "table.csv", len(plots))
     return {"rows": rows, "plots": plots}
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+def main(cfg: ReportConfig) -> dict[str, Any]:
+    """:func:`write_report` (the command also prints table.md)."""
+    return write_report(cfg)
+
+
+def _run(cfg: ReportConfig, args: argparse.Namespace) -> int:
+    from eval.log import setup_logging
+
+    setup_logging(bool(args.verbose))  # evaluation commands log INFO by default
+    try:
+        res = main(cfg)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print((Path(cfg.out_dir) / "table.md").read_text())
+    logger.info("%d plots in %s", len(res["plots"]), Path(cfg.out_dir) / "plots")
+    return 0
+
+
+def command() -> Command:
+    return Command(ReportConfig, _run, "python -m eval report",
+                   "Table-1 style Markdown/CSV and plots from results folders", positionals=("results",),
+                   flags={"--out": "out_dir", "--names": "names", "--plots": "plots",
+                          "--max-failures-listed": "max_failures_listed"})
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return command().main(argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli())

@@ -37,19 +37,22 @@ trial's estimates, for :mod:`eval.report`'s plots).
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
 import math
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from annotate.camera import relative_to
+from annotate.command import _PREFIX, Command
 from annotate.files import atomic_write_text, json_safe
 from annotate.job import RayConfig
 from annotate.video import VIDEO_SUFFIXES, read_frames
@@ -76,23 +79,30 @@ TRIAL_COLUMNS = ["clip", "trial", "seed", "status", "error", *METRIC_NAMES, "sca
                  "seconds"]
 
 
+def _no_fvd() -> FVDConfig:
+    return FVDConfig(variants=(), device="auto")
+
+
 @dataclass
 class EvalRunConfig:
-    exp_dir: str
-    out_dir: str
-    num_trials: int = 5
-    base_seed: int = 0
-    k_std: float = 10.0
-    limit: int | None = None  # first N clips (sorted by name); None = all
-    poses: bool = True  # False: FVD only
-    pose: PoseEstimationConfig = field(default_factory=PoseEstimationConfig)
-    fvd: FVDConfig | None = None  # None: no FVD
-    show_progress: bool = True
-    executor: str = "ray"  # "ray": one task per video and trial on a local Ray or --address; "local": inline
+    exp_dir: str  # experiment folder: samples/, gt_video/, camera_data/ (eval generate)
+    out_dir: str  # results folder
+    num_trials: int = 5  # pose-estimation trials per video
+    base_seed: int = 0  # seed of trial 0; trial k uses base_seed + k
+    k_std: float = 10.0  # outlier rule: drop trials > k pooled std off
+    limit: int | None = None  # only the first N clips (sorted by name); None = all
+    poses: bool = True  # False: FVD only (no pose estimation)
+    pose: PoseEstimationConfig = field(default_factory=PoseEstimationConfig)  # pose estimation (eval.pose_estimation)
+    fvd: FVDConfig | None = field(default_factory=_no_fvd)  # no variants (or None): no FVD
+    show_progress: bool = True  # progress bar
+    executor: Literal["ray", "local"] = "ray"  # ray: a task per video and trial (on Ray, see ray.*); local: inline
     ray: RayConfig = field(default_factory=RayConfig)  # address / local CPUs, as `annotate run`
     cpus_per_task: float = 1.0  # CPUs reserved per pose task (also pycolmap's thread count)
-    max_videos_in_flight: int | None = None  # None: 2 x (cluster CPUs / cpus_per_task)
+    max_videos_in_flight: int | None = None  # videos with tasks queued at once; None: 2 x cluster CPUs / cpus_per_task
     cache_dir: str | None = None  # ground-truth trials shared by experiments; None: <out_dir>/../gt_cache
+    # Depth Anything V2 metric model (hub id or local folder) for the metric scale; None: no absolute metrics
+    depth_model: str | None = None
+    depth_device: str = "auto"  # device of the depth model (auto: cuda when available)
 
 
 @dataclass
@@ -272,8 +282,13 @@ def _json_safe(obj: Any) -> Any:
 def run_evaluation(cfg: EvalRunConfig, depth: DepthSource | None = None) -> dict[str, Any]:
     """Pose metrics (and FVD when configured) over ``cfg.exp_dir``; writes the files listed in the
     module docstring into ``cfg.out_dir`` and returns the summary. Trials already stored (in ``OUT/trials``
-    and the ground-truth cache) are reused; the rest run as Ray tasks (:mod:`eval.trials`)."""
+    and the ground-truth cache) are reused; the rest run as Ray tasks (:mod:`eval.trials`). ``depth``: the
+    metric depth source; None: ``cfg.depth_model``'s (when given and poses are estimated)."""
     t0, c0 = time.perf_counter(), time.process_time()
+    if depth is None and cfg.poses and cfg.depth_model:
+        from annotate.depth import DepthAnythingPredictor, DepthConfig
+
+        depth = DepthAnythingPredictor(DepthConfig(model=cfg.depth_model, device=cfg.depth_device))
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clips = discover_clips(cfg.exp_dir)
@@ -349,3 +364,98 @@ def run_evaluation(cfg: EvalRunConfig, depth: DepthSource | None = None) -> dict
     summary["config"] = asdict(cfg)
     atomic_write_text(out / "summary.json", json.dumps(_json_safe(summary), indent=1))
     return summary
+
+
+# ------------------------------------------------------------------------------------------------ command line
+# Option names shared with `eval estimate-poses` (pose) and `eval fvd` (FVD); the historical names.
+
+POSE_FLAGS = {"--trials": "num_trials", "--seed": "base_seed", "--overlap": "pose.sequential_overlap",
+              "--allow-unregistered": "pose.allow_unregistered", "--depth-model": "depth_model",
+              "--depth-device": "depth_device"}
+FVD_FLAGS = {"--videogpt-i3d": "fvd.videogpt_weights", "--styleganv-i3d": "fvd.styleganv_torchscript",
+             "--num-frames": "fvd.num_frames", "--fvd-batch": "fvd.batch_size", "--device": "fvd.device"}
+RUN_FLAGS = {"--out": "out_dir", "--k-std": "k_std", "--limit": "limit", "--progress": "show_progress",
+             "--cache": "cache_dir", "--executor": "executor", "--address": "ray.address", "--num-cpus": "ray.num_cpus",
+             "--cpus-per-task": "cpus_per_task", "--max-videos-in-flight": "max_videos_in_flight",
+             **POSE_FLAGS, **FVD_FLAGS}
+
+
+class SetKeys(argparse.Action):
+    """A switch that sets several config keys to fixed values (``--no-affine``, ``--fvd-only``): Command's flags
+    map one option onto one key, so these write its ``cfg:<key>`` destinations themselves."""
+
+    def __init__(self, option_strings, dest, sets: dict[str, Any], **kw):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+        self.sets = sets
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for key, value in self.sets.items():
+            setattr(namespace, _PREFIX + key, value)
+
+
+def pose_options(p: argparse.ArgumentParser) -> None:
+    """The pose options that are not one key each, or whose key has no choices in its dataclass."""
+    p.add_argument("--camera-model", dest=_PREFIX + "pose.camera_model", choices=["SIMPLE_PINHOLE", "PINHOLE"],
+                   default=argparse.SUPPRESS,
+                   help="COLMAP camera model of the pose estimation; sets pose.camera_model (default: SIMPLE_PINHOLE)")
+    p.add_argument("--no-affine", action=SetKeys,
+                   sets={"pose.estimate_affine_shape": False, "pose.domain_size_pooling": False},
+                   help="plain SIFT (no affine shape / domain-size pooling; faster, differs from the reference); "
+                        "sets pose.estimate_affine_shape and pose.domain_size_pooling to false")
+
+
+def fvd_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fvd-method", dest=_PREFIX + "fvd.method", choices=["svd", "sqrtm"], default=argparse.SUPPRESS,
+                   help="matrix square root of the FVD; sets fvd.method (default: svd)")
+
+
+def fvd_variants(cfg: Any) -> Any:
+    """No FVD variants given: those whose I3D weights are (the historical --videogpt-i3d / --styleganv-i3d)."""
+    fvd = cfg.fvd
+    if fvd is not None and not fvd.variants:
+        fvd.variants = tuple(v for v, path in (("videogpt", fvd.videogpt_weights),
+                                               ("styleganv", fvd.styleganv_torchscript)) if path)
+    return cfg
+
+
+def _options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fvd-only", action=SetKeys, sets={"poses": False}, help="skip pose estimation; sets poses=false")
+    pose_options(p)
+    fvd_options(p)
+
+
+def main(cfg: EvalRunConfig) -> dict[str, Any]:
+    """Preflight (before a depth model or Ray starts and before ``out_dir`` is created), then the evaluation;
+    its summary."""
+    from eval.preflight import check_run
+
+    check_run(cfg).raise_if_any()
+    return run_evaluation(cfg)
+
+
+def _run(cfg: EvalRunConfig, args: argparse.Namespace) -> int:
+    from eval.log import setup_logging
+
+    setup_logging(bool(args.verbose))  # evaluation commands log INFO by default
+    try:
+        summary = main(cfg)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary.pop("config", None)
+    print(json.dumps(_json_safe(summary), indent=1))
+    n = summary.get("num_videos")
+    return 0 if (not cfg.poses or (n and summary.get("num_succeeded"))) else 1
+
+
+def command() -> Command:
+    return Command(EvalRunConfig, _run, "python -m eval run", "evaluate EXP_DIR (samples/, gt_video/, camera_data/)",
+                   positionals=("exp_dir",), flags=RUN_FLAGS, options=_options, check=fvd_variants)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return command().main(argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli())
