@@ -199,9 +199,14 @@ def test_validation_sample_is_the_pipeline_sample(tmp_path, scene, plugin_file):
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def test_cli_writes_every_output_and_continues(tmp_path, scene, plugin_file):
-    from train.sample import main
+def _sample(argv: list[str]) -> dict:
+    """``python -m train.sample ARGV`` through its parsed config, keeping main's result (the CLI prints none)."""
+    from train.sample import command, main
 
+    return main(command().parse(argv)[0])
+
+
+def test_cli_writes_every_output_and_continues(tmp_path, scene, plugin_file):
     img, depth, img2 = scene
     big = np.asarray(Image.fromarray(img).resize((48, 32)))  # non-square input: resized + centre-cropped
     Image.fromarray(big).save(tmp_path / "in.png")
@@ -210,7 +215,7 @@ def test_cli_writes_every_output_and_continues(tmp_path, scene, plugin_file):
     common = ["--tiny", "--frames", str(F), "--height", str(S), "--width", str(S), "--steps", "3", "--seed", "1",
               "--prompt", "a room"]
     out1 = tmp_path / "out1"
-    r1 = main(["--image", str(tmp_path / "in.png"), "--trajectory", "dolly:distance=0.6", "--noise-shaping",
+    r1 = _sample(["--image", str(tmp_path / "in.png"), "--trajectory", "dolly:distance=0.6", "--noise-shaping",
                "--depth-file", str(tmp_path / "depth.npy"),
                "--plugin", str(plugin_file), "--out", str(out1), "--frame-stride", "4", *common])
     for name in ("video.mp4", "preview.mp4", "mask.png", "trajectory.txt", "settings.json"):
@@ -227,7 +232,7 @@ def test_cli_writes_every_output_and_continues(tmp_path, scene, plugin_file):
     assert settings["image"]["resized_hw"] == [32, 48]
 
     out2 = tmp_path / "out2"
-    r2 = main(["--continue-from", str(out1), "--num-overlap", "2", "--trajectory", "truck:distance=0.3",
+    r2 = _sample(["--continue-from", str(out1), "--num-overlap", "2", "--trajectory", "truck:distance=0.3",
                "--out", str(out2), "--depth-file", str(tmp_path / "depth_model_size.npy"), *common])
     c2w = r2["result"].c2w
     prev = w2c_to_c2w(cam.w2c)
@@ -237,15 +242,34 @@ def test_cli_writes_every_output_and_continues(tmp_path, scene, plugin_file):
 
 
 def test_cli_with_depth_model_interpolation(tmp_path, scene, tiny_depth_model):
-    from train.sample import main
+    from train.sample import cli
 
     img, depth, img2 = scene
     Image.fromarray(img).save(tmp_path / "a.png")
     Image.fromarray(img2).save(tmp_path / "b.png")
     out = tmp_path / "out"
-    r = main(["--tiny", "--image", str(tmp_path / "a.png"), "--last-image", str(tmp_path / "b.png"),
-              "--trajectory", "orbit:angle=15", "--depth-model", str(tiny_depth_model), "--frames", str(F),
-              "--height", str(S), "--width", str(S), "--steps", "2", "--out", str(out)])
-    assert r["settings"]["options"]["mode"] == "interp"
-    assert r["settings"]["depth"]["points"] > 0
+    assert cli(["--tiny", "--image", str(tmp_path / "a.png"), "--last-image", str(tmp_path / "b.png"),
+                "--trajectory", "orbit:angle=15", "--depth-model", str(tiny_depth_model), "--frames", str(F),
+                "--height", str(S), "--width", str(S), "--steps", "2", "--out", str(out)]) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["options"]["mode"] == "interp"
+    assert settings["depth"]["points"] > 0
+    assert settings["command"].startswith("python -m train.sample --out ") and "--last-image" in settings["command"]
     assert read_frames(out / "video.mp4").shape == (F, S, S, 3)
+
+
+def test_print_config_round_trips(tmp_path, capsys):
+    """--print-config's YAML loads back with --config to the same config; a backbone preset given to --config
+    (its meaning before the generated command line) is refused with the new spelling, --backbone."""
+    from train.sample import SampleConfig, cli, command
+
+    argv = ["--tiny", "--image", "a.png", "--trajectory", "orbit:angle=15", "--no-progress", "--frames", "4",
+            "--backbone", "tiny", "--out", str(tmp_path / "o"), "cfg=3", "--trajectory-scale", "2"]
+    assert cli([*argv, "--print-config"]) == 0
+    (tmp_path / "c.yaml").write_text(capsys.readouterr().out)
+    want = SampleConfig(out=str(tmp_path / "o"), image="a.png", trajectory="orbit:angle=15", tiny=True,
+                        progress=False, frames=4, config="tiny", cfg=3.0, trajectory_scale=2.0)
+    assert command().parse(argv)[0] == want
+    assert command().parse(["--config", str(tmp_path / "c.yaml")])[0] == want
+    assert cli(["--out", str(tmp_path / "o"), "--config", "256"]) == 2
+    assert "give it as --backbone 256" in capsys.readouterr().err

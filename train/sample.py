@@ -24,10 +24,13 @@ Writes to ``--out``: video.mp4, preview.mp4, mask.png, trajectory.txt (RealEstat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -39,71 +42,54 @@ log = logging.getLogger("realcam.inference")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from annotate.config import HelpFormatter
+@dataclass
+class SampleConfig:
+    """One sampling run: its inputs, model, camera and scene, sampling and mode (the options of the same names)."""
 
-    p = argparse.ArgumentParser(prog="python -m train.sample", description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter, epilog=trajectory_help())
-    io = p.add_argument_group("inputs and outputs")
-    io.add_argument("--image", help="condition image (any size); not needed with --continue-from")
-    io.add_argument("--trajectory", default="dolly:distance=0.5",
-                    help="preset spec (see the presets below), keyframe .json or RealEstate10K .txt")
-    io.add_argument("--prompt", default="", help="text prompt")
-    io.add_argument("--out", required=True, help="output folder")
-    io.add_argument("--fps", type=float, default=8.0, help="fps of the written videos")
-    mdl = p.add_argument_group("model")
-    mdl.add_argument("--checkpoint", help="DynamiCrafter model.ckpt / .safetensors / train.convert folder")
-    mdl.add_argument("--config", help="backbone preset name or yaml (default: detected from the checkpoint)")
-    mdl.add_argument("--tokenizer", help="CLIP tokenizer folder (vocab.json + merges.txt)")
-    mdl.add_argument("--plugin", help="camera plug-in: plugin.safetensors, a checkpoint folder or a run folder")
-    mdl.add_argument("--tiny", action="store_true", help="random tiny model (tests, smoke runs)")
-    mdl.add_argument("--tiny-seed", type=int, default=0, help="seed of the random tiny model's weights")
-    mdl.add_argument("--device", default="auto", help="auto: cuda when available, else cpu; or cpu, cuda:N")
-    mdl.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
-                     help="auto: bf16 on a CUDA GPU that supports it, else fp16 on CUDA, fp32 on the CPU")
-    cam = p.add_argument_group("camera and scene")
-    cam.add_argument("--intrinsics", help="normalised fx,fy,cx,cy of the input image (RealEstate10K convention)")
-    cam.add_argument("--depth-model", default=None, help="Depth Anything V2 metric hub id or folder "
-                     "(default: annotate.depth.DEFAULT_MODEL)")
-    cam.add_argument("--depth-file", help=".npy or .npz (array 'depth') metric depth of the image")
-    cam.add_argument("--trace-scale", type=float, default=1.0, help="multiply translations (default 1)")
-    cam.add_argument("--annotations", help="annotation folder: a camera file takes its clip's metric c2w_metric")
-    cam.add_argument("--trajectory-scale", type=float, default=None,
-                     help="metres per unit of a RealEstate10K camera file (instead of --annotations)")
-    cam.add_argument("--loop", action="store_true", help="out-and-back trajectory, last frame = the image")
-    cam.add_argument("--ease", action="store_true", help="ease in/out the keyframe timing")
-    cam.add_argument("--point-size", type=int, default=2, help="splat size of the preview's points (pixels)")
-    cam.add_argument("--no-outlier-removal", action="store_true", help="keep depth outliers in the point cloud")
-    smp = p.add_argument_group("sampling")
-    smp.add_argument("--seed", type=int, default=12333, help="sampling seed")
-    smp.add_argument("--steps", type=int, default=25, help="DDIM steps")
-    smp.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
-    smp.add_argument("--guidance-rescale", type=float, default=0.7, help="CFG rescale (0 = off)")
-    smp.add_argument("--eta", type=float, default=1.0, help="DDIM eta (0 = deterministic)")
-    smp.add_argument("--spacing", default="uniform_trailing", choices=("uniform", "uniform_trailing"),
-                     help="DDIM timestep spacing")
-    smp.add_argument("--frame-stride", type=int, default=None,
-                     help="video frames (camera-file lines) between generated frames (default: the model's, 8)")
-    smp.add_argument("--fs", type=int, default=None,
-                     help="fs/fps embedding value (default: from the stride, as the backbone was trained)")
-    smp.add_argument("--no-progress", action="store_true", help="no DDIM progress bar")
-    smp.add_argument("--frames", type=int, default=None, help="frames to generate (default: the model's)")
-    smp.add_argument("--height", type=int, default=None, help="video height (default: the model's)")
-    smp.add_argument("--width", type=int, default=None, help="video width (default: the model's)")
-    shp = p.add_argument_group("scene-constrained noise shaping")
-    shp.add_argument("--noise-shaping", action="store_true", help="scene-constrained noise shaping of the "
-                     "first steps from the depth preview")
-    shp.add_argument("--shaping-threshold", type=int, default=900, help="shape the noise while t >= this")
-    shp.add_argument("--erosion-kernel", type=int, default=5, help="erosion of the preview's valid mask (pixels)")
-    shp.add_argument("--mask-binarize", type=float, default=0.9, help="latent mask threshold")
-    mod = p.add_argument_group("modes")
-    mod.add_argument("--last-image", help="interpolation: the last frame's image")
-    mod.add_argument("--continue-from", help="continuation: a previous output folder (video.mp4 + "
-                     "trajectory.txt) or an mp4")
-    mod.add_argument("--num-overlap", type=int, default=4, help="continuation: overlapping (latent) frames")
-    mod.add_argument("--allow-untrained-mode", action="store_true",
-                     help="sample in a concatenation mode the plug-in was not trained with")
-    return p
+    out: str  # output folder
+    image: str | None = None  # condition image (any size); not needed with --continue-from
+    trajectory: str = "dolly:distance=0.5"  # preset spec (see the presets above), keyframe .json or RealEstate10K .txt
+    prompt: str = ""  # text prompt
+    fps: float = 8.0  # fps of the written videos
+    checkpoint: str | None = None  # DynamiCrafter model.ckpt / .safetensors / train.convert folder
+    config: str | None = None  # backbone preset name or yaml (null: detected from the checkpoint)
+    tokenizer: str | None = None  # CLIP tokenizer folder (vocab.json + merges.txt)
+    plugin: str | None = None  # camera plug-in: plugin.safetensors, a checkpoint folder or a run folder
+    tiny: bool = False  # random tiny model (tests, smoke runs)
+    tiny_seed: int = 0  # seed of the random tiny model's weights
+    device: str = "auto"  # auto: cuda when available, else cpu; or cpu, cuda:N
+    # auto: bf16 on a CUDA GPU that supports it, else fp16 on CUDA, fp32 on the CPU
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    intrinsics: str | None = None  # normalised fx,fy,cx,cy of the input image (RealEstate10K convention)
+    depth_model: str | None = None  # Depth Anything V2 metric hub id or folder (null: annotate.depth.DEFAULT_MODEL)
+    depth_file: str | None = None  # .npy or .npz (array 'depth') metric depth of the image
+    trace_scale: float = 1.0  # multiply translations
+    annotations: str | None = None  # annotation folder: a camera file takes its clip's metric c2w_metric
+    trajectory_scale: float | None = None  # metres per unit of a RealEstate10K camera file (instead of --annotations)
+    loop: bool = False  # out-and-back trajectory, last frame = the image
+    ease: bool = False  # ease in/out the keyframe timing
+    point_size: int = 2  # splat size of the preview's points (pixels)
+    outlier_removal: bool = True  # drop depth outliers from the point cloud
+    seed: int = 12333  # sampling seed
+    steps: int = 25  # DDIM steps
+    cfg: float = 7.5  # classifier-free guidance scale
+    guidance_rescale: float = 0.7  # CFG rescale (0 = off)
+    eta: float = 1.0  # DDIM eta (0 = deterministic)
+    spacing: Literal["uniform", "uniform_trailing"] = "uniform_trailing"  # DDIM timestep spacing
+    frame_stride: int | None = None  # video frames (camera-file lines) between generated frames (null: the model's, 8)
+    fs: int | None = None  # fs/fps embedding value (null: from the stride, as the backbone was trained)
+    progress: bool = True  # DDIM progress bar
+    frames: int | None = None  # frames to generate (null: the model's)
+    height: int | None = None  # video height (null: the model's)
+    width: int | None = None  # video width (null: the model's)
+    noise_shaping: bool = False  # scene-constrained noise shaping of the first steps from the depth preview
+    shaping_threshold: int = 900  # shape the noise while t >= this
+    erosion_kernel: int = 5  # erosion of the preview's valid mask (pixels)
+    mask_binarize: float = 0.9  # latent mask threshold
+    last_image: str | None = None  # interpolation: the last frame's image
+    continue_from: str | None = None  # continuation: a previous output folder (video.mp4 + trajectory.txt) or an mp4
+    num_overlap: int = 4  # continuation: overlapping (latent) frames
+    allow_untrained_mode: bool = False  # sample in a concatenation mode the plug-in was not trained with
 
 
 def trajectory_help() -> str:
@@ -179,107 +165,104 @@ def camera_units(args, plugin) -> str:
     return "relative (file units)"
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(cfg: SampleConfig) -> dict:
+    """Preflight (every problem of the inputs, before any model loads and before ``out`` is written: a
+    :class:`annotate.preflight.PreflightError`), then sample and write the outputs; the paths, the pipeline's
+    result and the settings."""
     from annotate.re10k import read_camera_file
     from annotate.video import read_frames
     from train.inference.outputs import write_outputs
     from train.inference.pipeline import Pipeline, SampleOptions
     from train.inference.scene import load_image, read_depth_file, resize_crop, user_intrinsics
     from train.inference.trajectory import continuation_trajectory, load_trajectory
-
-    args = build_parser().parse_args(argv)
-    from annotate.log import setup_logging
-    from annotate.preflight import EXIT_CODE
     from train.preflight import check_sample
 
-    problems = check_sample(args)  # before any model loads (minutes) and before --out is written
-    if problems:
-        print(f"error: {problems.message()}", file=sys.stderr)
-        raise SystemExit(EXIT_CODE)
-    setup_logging(1)
+    from .command_line import command_line
+
+    check_sample(cfg).raise_if_any()  # before any model loads (minutes) and before --out is written
     t0 = time.time()
-    model = load_model(args)
+    model = load_model(cfg)
     s = model.cfg.sampling
-    hw = (args.height or s.height, args.width or s.width)
-    frames = args.frames or s.frames
+    hw = (cfg.height or s.height, cfg.width or s.width)
+    frames = cfg.frames or s.frames
     from train.inference.pipeline import default_frame_stride
 
-    stride = args.frame_stride or default_frame_stride(model.cfg)
+    stride = cfg.frame_stride or default_frame_stride(model.cfg)
     plugin = None
-    if args.plugin:
+    if cfg.plugin:
         from train.inference.plugin import load_camera_plugin
 
-        plugin = load_camera_plugin(model, args.plugin)
+        plugin = load_camera_plugin(model, cfg.plugin)
         log.info("camera plug-in %s (%s; modes %s; cameras %s)", plugin.source, plugin.kind,
                  ",".join(plugin.modes), plugin.scale_source)
     else:
         log.warning("no --plugin: the backbone runs without camera control")
-    units = camera_units(args, plugin)
+    units = camera_units(cfg, plugin)
 
     # ---- condition image(s)
     overlap = None
     prev_c2w = None
-    if args.continue_from:
-        src = Path(args.continue_from)
+    if cfg.continue_from:
+        src = Path(cfg.continue_from)
         video_path = src / "video.mp4" if src.is_dir() else src
         prev = np.stack([resize_crop(f, hw)[0] for f in read_frames(video_path)])
-        if not 0 < args.num_overlap < min(frames, len(prev) + 1):
+        if not 0 < cfg.num_overlap < min(frames, len(prev) + 1):
             raise SystemExit(f"--num-overlap must be in 1..{min(frames - 1, len(prev))}")
-        overlap = prev[-args.num_overlap:]
+        overlap = prev[-cfg.num_overlap:]
         image0 = overlap[0]
         image, plan = resize_crop(image0, hw)
         if src.is_dir() and (src / "trajectory.txt").exists():
             prev_c2w = w2c_to_c2w(read_camera_file(src / "trajectory.txt").w2c)
-            prev_c2w[:, :3, 3] /= args.trace_scale  # the file holds scaled poses; scaling is applied again below
+            prev_c2w[:, :3, 3] /= cfg.trace_scale  # the file holds scaled poses; scaling is applied again below
         else:
             log.warning("continuation without the previous trajectory.txt: the overlap frames get the poses of "
                         "the given trajectory")
     else:
-        if not args.image:
+        if not cfg.image:
             raise SystemExit("give --image (or --continue-from)")
-        image0 = load_image(args.image)
+        image0 = load_image(cfg.image)
         image, plan = resize_crop(image0, hw)
-    if args.intrinsics:
-        intr = plan.intrinsics(np.array([float(v) for v in args.intrinsics.split(",")], np.float64))
+    if cfg.intrinsics:
+        intr = plan.intrinsics(np.array([float(v) for v in cfg.intrinsics.split(",")], np.float64))
     else:
         intr = user_intrinsics(plan)
-    last = resize_crop(load_image(args.last_image), hw)[0] if args.last_image else None
+    last = resize_crop(load_image(cfg.last_image), hw)[0] if cfg.last_image else None
 
     # ---- depth
     depth = None
     predictor = None
-    if args.depth_file:
+    if cfg.depth_file:
         try:
-            depth = read_depth_file(args.depth_file, image0.shape[:2], plan, hw)
+            depth = read_depth_file(cfg.depth_file, image0.shape[:2], plan, hw)
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
     else:
         from annotate.depth import DEFAULT_MODEL, DepthAnythingPredictor, DepthConfig
 
         dev = "cuda" if model.device.type == "cuda" else "cpu"
-        predictor = DepthAnythingPredictor(DepthConfig(model=args.depth_model or DEFAULT_MODEL, device=dev))
+        predictor = DepthAnythingPredictor(DepthConfig(model=cfg.depth_model or DEFAULT_MODEL, device=dev))
         depth = predictor.predict(image[None])[0]
     centre = depth[hw[0] // 4: 3 * hw[0] // 4, hw[1] // 4: 3 * hw[1] // 4]
     scene_depth = float(np.median(centre[np.isfinite(centre) & (centre > 0)])) if centre.size else None
 
     # ---- trajectory
     try:
-        traj = load_trajectory(args.trajectory, frames, intr, hw, stride=stride, loop=args.loop,
-                               ease=args.ease or None, scene_depth=scene_depth, annotations=args.annotations,
-                               trajectory_scale=args.trajectory_scale)
+        traj = load_trajectory(cfg.trajectory, frames, intr, hw, stride=stride, loop=cfg.loop,
+                               ease=cfg.ease or None, scene_depth=scene_depth, annotations=cfg.annotations,
+                               trajectory_scale=cfg.trajectory_scale)
     except ValueError as e:
-        raise SystemExit(f"{args.trajectory}: {e}") from None
+        raise SystemExit(f"{cfg.trajectory}: {e}") from None
     if overlap is not None and prev_c2w is not None:
         traj = continuation_trajectory(prev_c2w, len(overlap), traj)
 
-    mode = "continue" if overlap is not None else "interp" if last is not None else "loop" if args.loop else "plain"
-    opts = SampleOptions(prompt=args.prompt, seed=args.seed, steps=args.steps, cfg_scale=args.cfg,
-                         guidance_rescale=args.guidance_rescale, eta=args.eta, spacing=args.spacing,
-                         frame_stride=stride, fs=args.fs, trace_scale=args.trace_scale,
-                         noise_shaping=args.noise_shaping, shaping_threshold=args.shaping_threshold,
-                         erosion_kernel=args.erosion_kernel, mask_binarize=args.mask_binarize,
-                         point_size=args.point_size, outlier_removal=not args.no_outlier_removal, mode=mode,
-                         allow_untrained_mode=args.allow_untrained_mode, progress=not args.no_progress)
+    mode = "continue" if overlap is not None else "interp" if last is not None else "loop" if cfg.loop else "plain"
+    opts = SampleOptions(prompt=cfg.prompt, seed=cfg.seed, steps=cfg.steps, cfg_scale=cfg.cfg,
+                         guidance_rescale=cfg.guidance_rescale, eta=cfg.eta, spacing=cfg.spacing,
+                         frame_stride=stride, fs=cfg.fs, trace_scale=cfg.trace_scale,
+                         noise_shaping=cfg.noise_shaping, shaping_threshold=cfg.shaping_threshold,
+                         erosion_kernel=cfg.erosion_kernel, mask_binarize=cfg.mask_binarize,
+                         point_size=cfg.point_size, outlier_removal=not not cfg.outlier_removal, mode=mode,
+                         allow_untrained_mode=cfg.allow_untrained_mode, progress=cfg.progress)
     from train.camera.modes import UntrainedModeError
 
     try:
@@ -289,26 +272,50 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(str(e)) from None
     settings = {
         "options": opts.to_dict(),
-        "inputs": {"image": args.image, "last_image": args.last_image, "continue_from": args.continue_from,
-                   "num_overlap": len(overlap) if overlap is not None else 0, "trajectory": args.trajectory,
-                   "loop": args.loop, "ease": args.ease, "annotations": args.annotations,
-                   "trajectory_scale": args.trajectory_scale, "trajectory_units": units, "frame_stride": stride},
-        "model": {"checkpoint": args.checkpoint, "tiny": args.tiny, "config": model.cfg.name,
+        "inputs": {"image": cfg.image, "last_image": cfg.last_image, "continue_from": cfg.continue_from,
+                   "num_overlap": len(overlap) if overlap is not None else 0, "trajectory": cfg.trajectory,
+                   "loop": cfg.loop, "ease": cfg.ease, "annotations": cfg.annotations,
+                   "trajectory_scale": cfg.trajectory_scale, "trajectory_units": units, "frame_stride": stride},
+        "model": {"checkpoint": cfg.checkpoint, "tiny": cfg.tiny, "config": model.cfg.name,
                   "plugin": getattr(plugin, "source", None), "plugin_kind": getattr(plugin, "kind", None),
                   "plugin_modes": list(getattr(plugin, "modes", []) or []),
                   "plugin_scale_source": getattr(plugin, "scale_source", None),
                   "device": str(model.device), "dtype": str(model.dtype).replace("torch.", "")},
         "image": {"size_hw": list(hw), "source_hw": list(image0.shape[:2]), "resized_hw": list(plan.resized_hw),
                   "crop_top_left": [plan.top, plan.left], "intrinsics_px": intr.tolist()},
-        "depth": {"file": args.depth_file, "model": None if args.depth_file else (args.depth_model or "default"),
+        "depth": {"file": cfg.depth_file, "model": None if cfg.depth_file else (cfg.depth_model or "default"),
                   "scene_depth_m": scene_depth, "points": result.cloud_size},
-        "frames": frames, "fps": args.fps, "seconds": round(time.time() - t0, 2),
-        "command": " ".join(sys.argv) if argv is None else "python -m train.sample " + " ".join(argv),
+        "frames": frames, "fps": cfg.fps, "seconds": round(time.time() - t0, 2),
+        "command": command_line(command(), cfg),
     }
-    paths = write_outputs(args.out, result, intr, hw, settings, stride=stride, fps=args.fps)
+    paths = write_outputs(cfg.out, result, intr, hw, settings, stride=stride, fps=cfg.fps)
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return {"paths": paths, "result": result, "settings": settings}
 
 
+def _run(cfg: SampleConfig, args: argparse.Namespace) -> int:
+    from annotate.log import setup_logging
+
+    setup_logging(max(1, args.verbose))  # the run's steps at info, as always
+    main(cfg)
+    return 0
+
+
+def command():
+    from annotate.command import Command
+
+    from .command_line import BACKBONE_FLAG, preset_reader
+
+    flags = {BACKBONE_FLAG if f.name == "config" else "--" + f.name.replace("_", "-"): f.name
+             for f in dataclasses.fields(SampleConfig)}
+    return Command(SampleConfig, _run, "python -m train.sample", __doc__.split("\n\n")[0] + "\n\n" + trajectory_help(),
+                   flags=flags, presets="YAML preset of this command's keys (below), e.g. a --print-config output",
+                   load_preset=preset_reader("python -m train.sample"), print_result=False)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return command().main(argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())
