@@ -16,20 +16,22 @@ the tests (x lognormal(0, 0.1), 5% outlier pixels), and the number of frames wit
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pycolmap
 from PIL import Image
 
 from annotate.camera import intrinsics_to_pixels, rotmat_to_quat
+from annotate.command import Command
 from annotate.depth import depth_at_keypoints
 from annotate.files import write_json
 from annotate.re10k import read_camera_file
@@ -39,6 +41,22 @@ from annotate.triangulate import SfmConfig, cpu_seconds, triangulate, visible_ra
 from annotate.video import read_frames
 
 MIN_POINTS = 20  # ScaleConfig.min_points
+
+
+@dataclass
+class BenchClipConfig:
+    out: str = "bench/annotate.json"  # the JSON result
+    clip_dir: str = ""  # rendered clips, cached ('' = bench/clips_re10k_{frames}_{width}x{height})
+    clips: int = 2  # clips along different RealEstate10K trajectories
+    frames: int = 150  # frames per clip
+    width: int = 640  # frame width in pixels
+    height: int = 360  # frame height in pixels
+    seed: int = 5  # synth seed of the clips
+    # sequential = the default before issue 15, keyframes = the default now
+    pipelines: list[Literal["sequential", "keyframes"]] = field(default_factory=lambda: ["sequential", "keyframes"])
+    sweep: bool = False  # also one-knob variations of the keyframes pipeline
+    colmap_cli: bool = False  # also Debian's COLMAP 3.8 command-line chain
+    colmap: str = "colmap"  # COLMAP executable for --colmap-cli
 
 
 def make_clips(folder: Path, clips: int, frames: int, width: int, height: int, seed: int) -> list[dict]:
@@ -206,21 +224,8 @@ SWEEP = [dict(keyframe_stride=3), dict(keyframe_stride=8), dict(key_overlap=2), 
          dict(max_side=480), dict(keyframe_max_features=2048), dict(projected_points=200)]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m annotate.bench_clip", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="bench/annotate.json")
-    p.add_argument("--clip-dir", default=None, help="default: bench/clips_re10k_{frames}_{width}x{height}")
-    p.add_argument("--clips", type=int, default=2, help="clips along different RealEstate10K trajectories")
-    p.add_argument("--frames", type=int, default=150)
-    p.add_argument("--width", type=int, default=640)
-    p.add_argument("--height", type=int, default=360)
-    p.add_argument("--seed", type=int, default=5)
-    p.add_argument("--pipelines", nargs="+", default=["sequential", "keyframes"],
-                   help="sequential = the default before issue 15, keyframes = the default now")
-    p.add_argument("--sweep", action="store_true", help="also one-knob variations of the keyframes pipeline")
-    p.add_argument("--colmap-cli", action="store_true", help="also Debian's COLMAP 3.8 command-line chain")
-    p.add_argument("--colmap", default="colmap", help="COLMAP executable for --colmap-cli")
-    a = p.parse_args(argv)
+def main(a: BenchClipConfig) -> dict:
+    """Render (or reuse) the clips, run every pipeline on them, write ``a.out``; the result."""
     folder = Path(a.clip_dir or f"bench/clips_re10k_{a.frames}_{a.width}x{a.height}")
     rows = make_clips(folder, a.clips, a.frames, a.width, a.height, a.seed)
     result = {"clips": [{"clip_id": r["clip_id"], "trajectory": r["trajectory"], "true_scale": r["true_scale"]}
@@ -256,5 +261,14 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def command() -> Command:
+    return Command(BenchClipConfig, lambda cfg, args: main(cfg), "python -m annotate.bench_clip",
+                   __doc__.split("\n\n")[0], print_result=False)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return command().main(argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

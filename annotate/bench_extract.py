@@ -10,23 +10,33 @@ that rate.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from annotate.command import Command
 from annotate.extract import ExtractConfig, extract
 from annotate.files import write_json
 from annotate.re10k import CameraTrajectory, write_camera_file
 
 # RealEstate10K as released (camera files): ~80k clips, ~10 M pose lines (frames) over ~10k videos.
 RE10K_FRAMES = 10_000_000
+
+
+@dataclass
+class BenchExtractConfig:
+    out: str = "bench/extract.json"  # the JSON result
+    seconds: float = 60.0  # length of the 720p source video
+    clips: int = 8  # camera files spread over the video
+    clip_frames: int = 100  # camera lines (frames) per clip
+    height: int = ExtractConfig.height  # output height of the cut clips
 
 
 def make_video(path: Path, seconds: float, fps: int = 30, w: int = 1280, h: int = 720) -> int:
@@ -51,14 +61,8 @@ def make_video(path: Path, seconds: float, fps: int = 30, w: int = 1280, h: int 
     return n
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m annotate.bench_extract", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="bench/extract.json")
-    p.add_argument("--seconds", type=float, default=60.0, help="length of the 720p source video")
-    p.add_argument("--clips", type=int, default=8)
-    p.add_argument("--clip-frames", type=int, default=100)
-    p.add_argument("--height", type=int, default=ExtractConfig.height)
-    a = p.parse_args(argv)
+def main(a: BenchExtractConfig) -> dict:
+    """Render the source video and camera files, cut them, write ``a.out``; the result."""
     with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
         root = Path(tmp)
         (root / "videos").mkdir()
@@ -100,5 +104,14 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def command() -> Command:
+    return Command(BenchExtractConfig, lambda cfg, args: main(cfg), "python -m annotate.bench_extract",
+                   __doc__.split("\n\n")[0], print_result=False)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return command().main(argv)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(cli())

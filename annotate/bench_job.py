@@ -1,6 +1,7 @@
 """Throughput of the whole annotation job (Ray start, pipeline, final pass) on this machine.
 
     python -m annotate.bench_job [--sample data/sample] [--json bench/annotate_job.json] [--num-cpus 2]
+        [job.KEY=value ...]
 
 Generates the sample if it is missing (``--clips 8 --frames 28``, 320x180), runs the job into a fresh temporary
 folder and writes clips per hour, per-clip worker wall seconds (triangulation + depth), the workers' CPU seconds
@@ -10,30 +11,44 @@ from a shared machine can be judged.
 
 from __future__ import annotations
 
-import argparse
-import json
+import copy
 import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from annotate.command import Command
 from annotate.files import write_json
+from annotate.job_config import JobConfig
+
+
+@dataclass
+class BenchJobConfig:
+    sample: str = "data/sample"  # synthetic sample (generated when its manifest.csv is missing)
+    json: str = "bench/annotate_job.json"  # the JSON result ('' = not written)
+    num_cpus: int | None = 2  # CPUs of the local Ray (null = all cores); sets job.ray.num_cpus
+    clips: int = 8  # clips of a generated sample
+    frames: int = 28  # frames per clip of a generated sample
+    job: JobConfig = field(default_factory=JobConfig)  # the job (its manifest, out and progress are the bench's)
 
 
 def bench(sample: str | os.PathLike = "data/sample", json_path: str | os.PathLike | None = None,
-          num_cpus: int | None = 2, clips: int = 8, frames: int = 28, overrides: list[str] | None = None) -> dict:
+          num_cpus: int | None = 2, clips: int = 8, frames: int = 28, overrides: list[str] | None = None,
+          job: JobConfig | None = None) -> dict:
+    """Run the job on ``sample`` with ``job`` (default: the defaults plus ``overrides``); its throughput."""
     from annotate import output
     from annotate.config import load_config
-    from annotate.job import JobConfig, run, versions
+    from annotate.job import run, versions
     from annotate.synth import SynthConfig, generate
 
     sample = Path(sample)
     if not (sample / "manifest.csv").exists():
         generate(SynthConfig(out=str(sample), clips=clips, frames=frames))
-    cfg = load_config(JobConfig, None, list(overrides or []))
+    cfg = copy.deepcopy(job) if job is not None else load_config(JobConfig, None, list(overrides or []))
     cfg.progress = False
     cfg.ray.num_cpus = num_cpus
     load0 = os.getloadavg()
@@ -68,19 +83,20 @@ def bench(sample: str | os.PathLike = "data/sample", json_path: str | os.PathLik
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m annotate.bench_job", description=__doc__.split("\n\n")[0])
-    p.add_argument("--sample", default="data/sample")
-    p.add_argument("--json", default="bench/annotate_job.json")
-    p.add_argument("--num-cpus", type=int, default=2)
-    p.add_argument("--clips", type=int, default=8)
-    p.add_argument("--frames", type=int, default=28)
-    p.add_argument("overrides", nargs="*", help="job config overrides")
-    a = p.parse_args(argv)
-    r = bench(a.sample, a.json, a.num_cpus, a.clips, a.frames, a.overrides)
-    print(json.dumps(r, indent=1))
-    return 0
+def main(cfg: BenchJobConfig) -> dict:
+    """The job's throughput on the sample (:func:`bench`), written to ``cfg.json``."""
+    return bench(cfg.sample, cfg.json or None, cfg.num_cpus, cfg.clips, cfg.frames, job=cfg.job)
+
+
+def command() -> Command:
+    return Command(BenchJobConfig, lambda cfg, args: main(cfg), "python -m annotate.bench_job",
+                   __doc__.split("\n\n")[0], flags={"--sample": "sample", "--json": "json", "--num-cpus": "num_cpus",
+                                                     "--clips": "clips", "--frames": "frames"})
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return command().main(argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

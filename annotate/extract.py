@@ -1,6 +1,6 @@
 """Cut downloaded RealEstate10K videos at the camera files' timestamps.
 
-    python -m annotate extract RE10K_ROOT [--height 360] [--workers N] [--crf 18]
+    python -m annotate extract RE10K_ROOT [--height 360] [--workers N] [--crf 18] [--config YAML] [key=value ...]
 
 For every camera file ``RE10K_ROOT/RealEstate10K/{split}/{clip}.txt`` (or ``RE10K_ROOT/{split}/``) whose video
 ``RE10K_ROOT/videos/{youtube_id}.{mp4,webm,mkv}`` exists, keep for each camera line the decoded frame whose
@@ -27,9 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from annotate.command import Command
+from annotate.config import ConfigError
 from annotate.files import atomic_write_text
 from annotate.index import camera_dirs
-from annotate.log import get_logger, progress_bar, setup_logging
+from annotate.log import get_logger, progress_bar
 from annotate.re10k import CameraFileError, read_camera_file, youtube_id
 from annotate.video import VIDEO_SUFFIXES, write_video
 
@@ -42,6 +44,7 @@ SEGMENT_MAX_S = 60.0  # ...unless the sweep would span more than this (its frame
 
 @dataclass
 class ExtractConfig:
+    root: str = ""  # RealEstate10K root: RealEstate10K/{split}/*.txt and videos/; the command's word
     height: int = 360  # output height in pixels (width keeps the aspect ratio, even); 0 = the video's own
     workers: int = 0  # parallel processes, each cutting one video at a time; 0 = one per CPU core
     crf: int = 18  # libx264 quality of the written clips (lower = better, larger)
@@ -287,20 +290,23 @@ def extract(root: str | os.PathLike, cfg: ExtractConfig | None = None, progress:
     return res
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = ExtractConfig()
-    p.add_argument("root", help="RealEstate10K root: RealEstate10K/{split}/*.txt and videos/")
-    p.add_argument("--height", type=int, default=d.height, help="output height in pixels, 0 = keep (%(default)s)")
-    p.add_argument("--workers", type=int, default=d.workers, help="parallel processes (0 = one per core)")
-    p.add_argument("--crf", type=int, default=d.crf, help="libx264 quality of the clips (%(default)s)")
-    p.add_argument("-v", "--verbose", action="count", default=0)
+FLAGS = {"--height": "height", "--workers": "workers", "--crf": "crf"}
 
 
-def run_from_args(args: argparse.Namespace) -> int:
-    setup_logging(args.verbose)
-    cfg = ExtractConfig(height=args.height, workers=args.workers, crf=args.crf)
+def main(cfg: ExtractConfig) -> ExtractResult:
+    """Cut the clips of ``cfg.root`` (:func:`extract`)."""
+    return extract(cfg.root, cfg)
+
+
+def _check(cfg: ExtractConfig) -> ExtractConfig:
+    if not cfg.root:
+        raise ConfigError("python -m annotate extract: missing ROOT")
+    return cfg
+
+
+def _run(cfg: ExtractConfig, args: argparse.Namespace) -> int:
     try:
-        res = extract(args.root, cfg)
+        res = main(cfg)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -310,12 +316,14 @@ def run_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m annotate extract", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    return run_from_args(p.parse_args(argv))
+def command() -> Command:
+    return Command(ExtractConfig, _run, "python -m annotate extract", __doc__.split("\n\n")[0],
+                   positionals=("root",), flags=FLAGS, check=_check)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return command().main(argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
-
+    sys.exit(cli())

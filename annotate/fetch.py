@@ -1,6 +1,7 @@
 """Download the YouTube videos of RealEstate10K's camera files, once each, with yt-dlp (as a library).
 
     python -m annotate fetch RE10K_ROOT [--max-height 720] [--min-height 360] [--workers 4] [--retries 3]
+        [--config YAML] [key=value ...]
 
 For every camera file ``RE10K_ROOT/RealEstate10K/{split}/*.txt`` (or ``RE10K_ROOT/{split}/*.txt``) the video of
 its URL line goes to ``RE10K_ROOT/videos/{youtube_id}.{ext}`` (video only, mp4 preferred, the best height in
@@ -24,10 +25,12 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from annotate.command import Command
+from annotate.config import ConfigError
 from annotate.extract import VIDEO_SUFFIXES, find_video
 from annotate.files import atomic_write_text
 from annotate.index import camera_dirs, first_line
-from annotate.log import get_logger, progress_bar, setup_logging
+from annotate.log import get_logger, progress_bar
 from annotate.re10k import youtube_id
 
 log = get_logger()
@@ -41,6 +44,7 @@ PRIVATE = ("private video", "this video is private", "sign in if you've been gra
 
 @dataclass
 class FetchConfig:
+    root: str = ""  # RealEstate10K root holding RealEstate10K/{train,test}/*.txt; the command's word
     max_height: int = 720  # highest video height to download
     min_height: int = 360  # preferred lowest height (a lower one is taken if nothing in range exists)
     workers: int = 4  # videos downloaded at the same time (be kind to the site: keep it small)
@@ -48,7 +52,7 @@ class FetchConfig:
     backoff_s: float = 5.0  # wait before retry n: backoff_s * 2**(n-1)
     url_template: str = "https://www.youtube.com/watch?v={youtube_id}"  # where a video id is fetched from
     retry_unavailable: bool = False  # ask again for videos logged unavailable / private
-    socket_timeout_s: float = 30.0
+    socket_timeout_s: float = 30.0  # yt-dlp's network timeout per request
 
 
 def video_format(cfg: FetchConfig) -> str:
@@ -198,26 +202,24 @@ def fetch(root: str | os.PathLike, cfg: FetchConfig | None = None, progress: boo
     return FetchResult(counts, skipped, time.perf_counter() - t0, str(log_path))
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = FetchConfig()
-    p.add_argument("root", help="RealEstate10K root holding RealEstate10K/{train,test}/*.txt")
-    p.add_argument("--max-height", type=int, default=d.max_height, help="highest height (%(default)s)")
-    p.add_argument("--min-height", type=int, default=d.min_height, help="preferred lowest height (%(default)s)")
-    p.add_argument("--workers", type=int, default=d.workers, help="concurrent downloads (%(default)s)")
-    p.add_argument("--retries", type=int, default=d.retries, help="retries after an error (%(default)s)")
-    p.add_argument("--backoff", type=float, default=d.backoff_s, help="first back-off in seconds (%(default)s)")
-    p.add_argument("--url-template", default=d.url_template, help="URL of a video id (a mirror; %(default)s)")
-    p.add_argument("--retry-unavailable", action="store_true", help="ask again for unavailable/private videos")
-    p.add_argument("-v", "--verbose", action="count", default=0)
+FLAGS = {"--max-height": "max_height", "--min-height": "min_height", "--workers": "workers", "--retries": "retries",
+         "--backoff": "backoff_s", "--url-template": "url_template", "--retry-unavailable": "retry_unavailable"}
 
 
-def run_from_args(args: argparse.Namespace) -> int:
-    setup_logging(args.verbose)
-    cfg = FetchConfig(max_height=args.max_height, min_height=args.min_height, workers=args.workers,
-                      retries=args.retries, backoff_s=args.backoff, url_template=args.url_template,
-                      retry_unavailable=args.retry_unavailable)
+def main(cfg: FetchConfig) -> FetchResult:
+    """Download the videos of ``cfg.root``'s camera files (:func:`fetch`)."""
+    return fetch(cfg.root, cfg)
+
+
+def _check(cfg: FetchConfig) -> FetchConfig:
+    if not cfg.root:
+        raise ConfigError("python -m annotate fetch: missing ROOT")
+    return cfg
+
+
+def _run(cfg: FetchConfig, args: argparse.Namespace) -> int:
     try:
-        res = fetch(args.root, cfg)
+        res = main(cfg)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -227,11 +229,14 @@ def run_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m annotate fetch", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    return run_from_args(p.parse_args(argv))
+def command() -> Command:
+    return Command(FetchConfig, _run, "python -m annotate fetch", __doc__.split("\n\n")[0], positionals=("root",),
+                   flags=FLAGS, check=_check)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return command().main(argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -1,7 +1,7 @@
 """Other posed datasets in RealEstate10K's format, so the same job gives them metric scale.
 
     python -m annotate import-colmap MODEL_DIR OUT_ROOT --images IMAGE_DIR [--clip NAME] [--split train]
-    python -m annotate import-nerfstudio transforms.json OUT_ROOT [--clip NAME] [--split train]
+    python -m annotate import-nerfstudio TRANSFORMS.json OUT_ROOT [--clip NAME] [--split train]
 
 Either writes ``OUT_ROOT/RealEstate10K/{split}/{clip}.txt`` (a camera file: one line per registered image, in
 natural name order, timestamps ``index / fps`` in microseconds) and ``OUT_ROOT/frames/{split}/{clip}/
@@ -21,10 +21,12 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from annotate.camera import c2w_to_w2c
+from annotate.command import Command
 from annotate.log import get_logger
 from annotate.manifest import SAFE_ID
 from annotate.re10k import CameraTrajectory, write_camera_file
@@ -38,6 +40,26 @@ PINHOLE_MODELS = {"SIMPLE_PINHOLE", "PINHOLE"}
 
 class ImportError_(ValueError):
     """An input that cannot be converted; the message names the file."""
+
+
+@dataclass
+class ColmapImportConfig:
+    model_dir: str  # COLMAP model folder (cameras, images, points3D; .bin or .txt)
+    out_root: str  # root to write RealEstate10K/{split}/ and frames/{split}/ into
+    images: str  # folder the model's image names are relative to
+    ignore_distortion: bool = False  # keep only the pinhole part of the cameras
+    clip: str = ""  # clip id ('' = the model folder's name; its parent's when that is a number, as in sparse/0)
+    split: str = "train"  # split folder the clip goes to
+    fps: float = 30.0  # frame rate of the written timestamps
+
+
+@dataclass
+class NerfstudioImportConfig:
+    transforms: str  # nerfstudio transforms.json
+    out_root: str  # root to write RealEstate10K/{split}/ and frames/{split}/ into
+    clip: str = ""  # clip id ('' = the name of the folder holding transforms.json)
+    split: str = "train"  # split folder the clip goes to
+    fps: float = 30.0  # frame rate of the written timestamps
 
 
 @dataclass
@@ -132,34 +154,50 @@ def read_nerfstudio(transforms: Path) -> list[Posed]:
     return out
 
 
-def add_arguments(p: argparse.ArgumentParser, kind: str) -> None:
-    if kind == "colmap":
-        p.add_argument("model_dir", help="COLMAP model folder (cameras, images, points3D; .bin or .txt)")
-        p.add_argument("out_root", help="root to write RealEstate10K/{split}/ and frames/{split}/ into")
-        p.add_argument("--images", required=True, help="folder the model's image names are relative to")
-        p.add_argument("--ignore-distortion", action="store_true", help="keep only the pinhole part of the cameras")
+def main(cfg: ColmapImportConfig | NerfstudioImportConfig) -> dict:
+    """Convert one COLMAP model or nerfstudio dataset (by the config's type) into a clip under ``cfg.out_root``;
+    the camera file, the frame folder and the number of frames. :class:`ImportError_` names a bad input."""
+    if isinstance(cfg, ColmapImportConfig):
+        src = Path(cfg.model_dir)
+        frames = read_colmap(src, Path(cfg.images), cfg.ignore_distortion)
+        default = src.resolve().parent.name if src.name.isdigit() else src.resolve().name
     else:
-        p.add_argument("transforms", help="nerfstudio transforms.json")
-        p.add_argument("out_root", help="root to write RealEstate10K/{split}/ and frames/{split}/ into")
-    p.add_argument("--clip", help="clip id (default: the input folder's name)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--fps", type=float, default=30.0, help="frame rate of the written timestamps")
+        src = Path(cfg.transforms)
+        frames = read_nerfstudio(src)
+        default = src.resolve().parent.name
+    clip = cfg.clip or "".join(c if c.isalnum() or c in "-_" else "_" for c in default)
+    cam = write_clip(frames, Path(cfg.out_root), clip, cfg.split, src.resolve().as_uri(), cfg.fps)
+    return {"camera_file": str(cam), "frames_folder": str(Path(cfg.out_root) / "frames" / cfg.split / clip),
+            "frames": len(frames), "clip": clip}
 
 
-def run_from_args(args: argparse.Namespace, kind: str) -> int:
+def _run(cfg: ColmapImportConfig | NerfstudioImportConfig, args: argparse.Namespace) -> int:
     try:
-        if kind == "colmap":
-            src = Path(args.model_dir)
-            frames = read_colmap(src, Path(args.images), args.ignore_distortion)
-            default = src.resolve().parent.name if src.name.isdigit() else src.resolve().name
-        else:
-            src = Path(args.transforms)
-            frames = read_nerfstudio(src)
-            default = src.resolve().parent.name
-        clip = args.clip or "".join(c if c.isalnum() or c in "-_" else "_" for c in default)
-        cam = write_clip(frames, Path(args.out_root), clip, args.split, src.resolve().as_uri(), args.fps)
+        res = main(cfg)
     except (ImportError_, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {cam} and {len(frames)} frames; next: python -m annotate index {args.out_root} MANIFEST.csv")
+    print(f"wrote {res['camera_file']} and {res['frames']} frames; next: python -m annotate index {cfg.out_root} "
+          "MANIFEST.csv")
     return 0
+
+
+def command(kind: Literal["colmap", "nerfstudio"] = "colmap") -> Command:
+    """``python -m annotate import-colmap`` (kind "colmap") or ``import-nerfstudio`` (kind "nerfstudio")."""
+    common = {"--clip": "clip", "--split": "split", "--fps": "fps"}
+    if kind == "colmap":
+        return Command(ColmapImportConfig, _run, "python -m annotate import-colmap", "A COLMAP model as a "
+                       "RealEstate10K clip (camera file and timestamp-named frames).",
+                       positionals=("model_dir", "out_root"),
+                       flags={"--images": "images", "--ignore-distortion": "ignore_distortion", **common})
+    return Command(NerfstudioImportConfig, _run, "python -m annotate import-nerfstudio", "A nerfstudio "
+                   "transforms.json as a RealEstate10K clip (camera file and timestamp-named frames).",
+                   positionals=("transforms", "out_root"), flags=common)
+
+
+def cli_colmap(argv: list[str] | None = None) -> int:
+    return command("colmap").main(argv)
+
+
+def cli_nerfstudio(argv: list[str] | None = None) -> int:
+    return command("nerfstudio").main(argv)

@@ -1,6 +1,6 @@
 """Build a clip manifest from a RealEstate10K download.
 
-    python -m annotate index RE10K_ROOT OUT_MANIFEST.csv [--min-frame-fraction 0.9]   (or .parquet)
+    python -m annotate index RE10K_ROOT OUT_MANIFEST.csv [--min-frame-fraction 0.9] [key=value ...]   (or .parquet)
 
 Camera files: ``ROOT/{split}/{clip}.txt`` or ``ROOT/RealEstate10K/{split}/{clip}.txt``.
 Frames, first match wins: ``ROOT/video_clips/{split}/{youtube_id}/{clip}.mp4`` (youtube_id from the camera
@@ -24,9 +24,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from annotate.command import Command
+from annotate.config import ConfigError
 from annotate.files import atomic_write_text
 from annotate.layouts import CHUNK_SUFFIX, iter_chunk_clips, match_frame_folder
-from annotate.log import get_logger, setup_logging
+from annotate.log import get_logger
 from annotate.manifest import relative_path, write_manifest
 from annotate.re10k import write_camera_file, youtube_id
 from annotate.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
@@ -38,6 +40,8 @@ NOT_SPLITS = {"video_clips", "videos", "frames", "depth", "RealEstate10K"}
 
 @dataclass
 class IndexConfig:
+    root: str = ""  # RealEstate10K download (camera files and videos or frame folders); the command's first word
+    out_manifest: str = ""  # manifest to write (.csv, or .parquet); the command's second word
     # A clip whose frames cover only part of its camera lines is annotated on the covered lines when at
     # least this fraction has frames; otherwise it becomes a failed row saying how many are missing.
     min_frame_fraction: float = 0.9
@@ -187,30 +191,36 @@ def print_result(res: IndexResult) -> None:
             print(f"  ... and {len(res.missing) - 20} more")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("root", help="RealEstate10K download (camera files and videos or frame folders)")
-    p.add_argument("out_manifest", help="manifest to write (.csv, or .parquet)")
-    p.add_argument("--min-frame-fraction", type=float, default=IndexConfig.min_frame_fraction,
-                   help="annotate a clip whose frames cover only part of its camera lines on the covered lines "
-                        "when at least this fraction has frames (default %(default)s)")
-    p.add_argument("-v", "--verbose", action="count", default=0)
+def main(cfg: IndexConfig) -> IndexResult:
+    """Index ``cfg.root`` into ``cfg.out_manifest`` (:func:`index`; prints what was found)."""
+    return index(cfg.root, cfg.out_manifest, cfg=cfg)
 
 
-def run_from_args(args: argparse.Namespace) -> int:
-    setup_logging(args.verbose)
+def _check(cfg: IndexConfig) -> IndexConfig:
+    missing = [w for w, v in (("ROOT", cfg.root), ("OUT_MANIFEST", cfg.out_manifest)) if not v]
+    if missing:
+        raise ConfigError(f"python -m annotate index: missing {', '.join(missing)}")
+    return cfg
+
+
+def _run(cfg: IndexConfig, args: argparse.Namespace) -> int:
     try:
-        index(args.root, args.out_manifest, cfg=IndexConfig(min_frame_fraction=args.min_frame_fraction))
+        main(cfg)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m annotate index", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    return run_from_args(p.parse_args(argv))
+def command() -> Command:
+    return Command(IndexConfig, _run, "python -m annotate index", __doc__.split("\n\n")[0],
+                   positionals=("root", "out_manifest"), flags={"--min-frame-fraction": "min_frame_fraction"},
+                   check=_check)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return command().main(argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -1,6 +1,6 @@
 """What an annotation run produced: counts, failure reasons, the scale distribution, and plots.
 
-    python -m annotate report OUT [--clip CLIP_ID] [--out DIR]
+    python -m annotate report OUT [--clip CLIP_ID] [--out DIR] [key=value ...]
 
 Writes (default ``OUT/report/``): ``scale_hist.png`` (scale_min / scale_max with the filter's cut-offs),
 ``frame_scale_spread.png`` (per clip max/min and coefficient of variation of the frame scales), for one clip
@@ -23,12 +23,20 @@ from pathlib import Path
 import numpy as np
 
 from annotate import output
+from annotate.command import Command
 
 log = logging.getLogger("realcam")
 
 
 class ReportError(RuntimeError):
     pass
+
+
+@dataclass
+class ReportConfig:
+    out: str  # annotation output folder
+    clip: str = ""  # clip for the trajectory and point plots ('' = the first kept clip)
+    report_dir: str = ""  # where plots and report.md go ('' = report/ in the output folder)
 
 
 @dataclass
@@ -282,30 +290,28 @@ def report(out: str | Path, clip: str | None = None, report_dir: str | Path | No
     return rep
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out", help="annotation output folder")
-    p.add_argument("--clip", help="clip for the trajectory and point plots (default: the first kept clip)")
-    p.add_argument("--out", dest="report_dir", help="where plots and report.md go (default OUT/report)")
-    p.add_argument("-v", "--verbose", action="count", default=0)
+def main(cfg: ReportConfig) -> Report:
+    """The report of ``cfg.out`` (:func:`report`; printed)."""
+    return report(cfg.out, cfg.clip or None, cfg.report_dir or None)
 
 
-def run_from_args(args: argparse.Namespace) -> int:
-    from annotate.job import setup_logging
-
-    setup_logging(args.verbose)
+def _run(cfg: ReportConfig, args: argparse.Namespace) -> int:
     try:
-        report(args.out, args.clip, args.report_dir)
+        main(cfg)
     except (FileNotFoundError, KeyError, output.ShardError, ReportError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m annotate report", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    return run_from_args(p.parse_args(argv))
+def command() -> Command:
+    return Command(ReportConfig, _run, "python -m annotate report", __doc__.split("\n\n")[0], positionals=("out",),
+                   flags={"--clip": "clip", "--out": "report_dir"})
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return command().main(argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -6,7 +6,7 @@ RealEstate10K's SfM worlds are), an mp4 with one frame per pose line, the exact 
 ``.npz`` (array ``depth``), a manifest CSV and ``ground_truth.json`` holding each clip's true scale, so
 ``c2w_rel * scale == the rendered metric trajectory``.
 
-    python -m annotate.synth OUT --clips 8 --frames 28 --width 320 --height 180 --seed 0
+    python -m annotate synth OUT --clips 8 --frames 28 --width 320 --height 180 --seed 0 [key=value ...]
 
 World axes follow the cameras (x right, y down, z forward): the floor is at y = +1.5 m, 1.5 m below a
 camera at height 0.
@@ -21,6 +21,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -40,6 +41,7 @@ from annotate.camera import (
     unproject,
     w2c_to_c2w,
 )
+from annotate.command import Command
 from annotate.files import atomic_path, atomic_write_text
 from annotate.log import progress
 from annotate.manifest import write_manifest
@@ -48,23 +50,24 @@ from annotate.video import write_video
 
 POSE_DIR = Path(__file__).parent / "data" / "re10k_poses"
 GENERATED = ("walk", "pan", "orbit", "zoom")
+Trajectory = Literal["re10k", "walk", "pan", "orbit", "zoom"]  # "re10k": the real paths in POSE_DIR
 
 
 @dataclass
 class SynthConfig:
-    out: str = "data/sample"
-    clips: int = 8
-    frames: int = 28
-    width: int = 320
-    height: int = 180
-    seed: int = 0
+    out: str = "data/sample"  # folder to write the clips, manifest.csv and ground_truth.json into
+    clips: int = 8  # number of clips
+    frames: int = 28  # frames per clip
+    width: int = 320  # frame width in pixels
+    height: int = 180  # frame height in pixels
+    seed: int = 0  # clip i is rendered from the random stream (seed, i)
     fx_norm: float = 0.5  # normalised focal length (by width) for generated trajectories; ~90 deg horizontal FOV
     scale_range: tuple[float, float] = (0.3, 3.0)  # true metric/relative scale, log-uniform
-    trajectories: list[str] = field(default_factory=lambda: ["re10k", *GENERATED])
+    trajectories: list[Trajectory] = field(default_factory=lambda: ["re10k", *GENERATED])  # cycled over clips
     test_every: int = 4  # every n-th clip goes to the `test` split
     workers: int = 0  # processes rendering clips in parallel; 0 = one per CPU core
     supersample: int = 1  # rays per pixel side for colour (depth is exact at pixel centres)
-    fps: float = 30.0
+    fps: float = 30.0  # frame rate of the videos and the camera files' timestamps
 
 
 # ----------------------------------------------------------------------------------------- scene
@@ -290,27 +293,24 @@ def read_manifest_rows(path: str | os.PathLike) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def main(argv: list[str] | None = None) -> Path:
-    p = argparse.ArgumentParser(prog="python -m annotate synth", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("out")
-    d = SynthConfig()
-    p.add_argument("--clips", type=int, default=d.clips)
-    p.add_argument("--frames", type=int, default=d.frames)
-    p.add_argument("--width", type=int, default=d.width)
-    p.add_argument("--height", type=int, default=d.height)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--supersample", type=int, default=d.supersample)
-    p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--trajectories", nargs="+", default=d.trajectories,
-                   help=f"cycled over clips; choose from re10k {' '.join(GENERATED)}")
-    a = p.parse_args(argv)
-    cfg = SynthConfig(out=a.out, clips=a.clips, frames=a.frames, width=a.width, height=a.height, seed=a.seed,
-                      supersample=a.supersample, workers=a.workers, trajectories=a.trajectories)
-    out = generate(cfg)
+def main(cfg: SynthConfig) -> Path:
+    """Write the clips (:func:`generate`); their folder."""
+    return generate(cfg)
+
+
+def _run(cfg: SynthConfig, args: argparse.Namespace) -> int:
+    out = main(cfg)
     print(f"wrote {cfg.clips} clips to {out} (manifest: {out / 'manifest.csv'})")
-    return out
+    return 0
+
+
+def command() -> Command:
+    return Command(SynthConfig, _run, "python -m annotate synth", __doc__.split("\n\n")[0], positionals=("out",))
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return command().main(argv)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(cli())
