@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from train.convert import main as convert_main
+from train.convert import cli as convert_cli
 from train.dynamicrafter.checkpoint import StateDictMismatchError, load_strict
 from train.dynamicrafter.config import save_config
 from train.dynamicrafter.model import COMPONENTS, load_dynamicrafter
@@ -71,7 +71,7 @@ def test_convert_round_trip(tiny, image, tmp_path):
     cfg_path = tmp_path / "tiny.yaml"
     save_config(tiny.cfg, cfg_path)
     torch.save({"state_dict": {k: v.clone() for k, v in ckpt.items()}, "global_step": 3}, tmp_path / "model.ckpt")
-    assert convert_main([str(tmp_path / "model.ckpt"), str(tmp_path / "out"), "--config", str(cfg_path)]) == 0
+    assert convert_cli([str(tmp_path / "model.ckpt"), str(tmp_path / "out"), "--backbone", str(cfg_path)]) == 0
     for name in COMPONENTS:
         assert (tmp_path / "out" / f"{name}.safetensors").exists()
 
@@ -106,7 +106,22 @@ def test_convert_round_trip(tiny, image, tmp_path):
     torch.save({"state_dict": bad}, tmp_path / "bad.ckpt")
     with pytest.raises(StateDictMismatchError, match="embedder.model.visual.ln_post.weight"):
         load_dynamicrafter(tmp_path / "bad.ckpt", cfg_path)
-    assert convert_main([str(tmp_path / "bad.ckpt"), str(tmp_path / "out2"), "--config", str(cfg_path)]) == 1
+    assert convert_cli([str(tmp_path / "bad.ckpt"), str(tmp_path / "out2"), "--backbone", str(cfg_path)]) == 1
+
+
+def test_convert_print_config_round_trips(tiny, tmp_path, capsys):
+    """python -m train.convert: --print-config's YAML loads back with --config; a backbone YAML given to --config
+    (its meaning before) is refused with the new spelling, --backbone."""
+    from train.convert import ConvertConfig, command
+
+    assert convert_cli(["m.ckpt", "out", "--backbone", "512", "--dtype", "float16", "--unsafe-pickle",
+                        "--print-config"]) == 0
+    (tmp_path / "c.yaml").write_text(capsys.readouterr().out)
+    want = ConvertConfig("m.ckpt", "out", config="512", dtype="float16", unsafe_pickle=True)
+    assert command().parse(["--config", str(tmp_path / "c.yaml")])[0] == want
+    save_config(tiny.cfg, tmp_path / "backbone.yaml")
+    assert convert_cli(["m.ckpt", "out", "--config", str(tmp_path / "backbone.yaml")]) == 2
+    assert f"give it as --backbone {tmp_path / 'backbone.yaml'}" in capsys.readouterr().err
 
 
 class _Recorder(torch.nn.Module):

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from train.camera.released import ReleasedConversionError, convert_file, convert_released
+from train.camera.released import ReleasedConversionError, cli, convert_file, convert_released
 from train.dynamicrafter.config import load_config
 from train.dynamicrafter.unet import UNetModel, iter_temporal_blocks
 
@@ -107,7 +107,7 @@ def test_strict_errors_name_the_keys():
         convert_released({**sd, pe: sd[pe] + 1}, own)
 
 
-def test_converted_file_loads_into_our_plugin_with_their_values(tmp_path):
+def test_converted_file_loads_into_our_plugin_with_their_values(tmp_path, capsys):
     from safetensors import safe_open
 
     from train.dynamicrafter.tiny import build_tiny_model
@@ -133,7 +133,24 @@ def test_converted_file_loads_into_our_plugin_with_their_values(tmp_path):
     torch.testing.assert_close(own["pose_encoder.attn.1.0.norm2.bias"], sd[p + "ff_norm.bias"])
     torch.testing.assert_close(own["pose_encoder.res.1.0.in_conv.weight"],
                                sd["pose_encoder.encoder_down_conv_blocks.1.0.in_conv.weight"])
-    # CamI2V: same architecture, relative cameras
-    path2 = convert_file(tmp_path / "released.ckpt", tmp_path / "cami2v", kind="cami2v", config="tiny")
+    # CamI2V: same architecture, relative cameras; through the command line
+    capsys.readouterr()
+    assert cli([str(tmp_path / "released.ckpt"), str(tmp_path / "cami2v"), "--kind", "cami2v", "--backbone",
+                "tiny"]) == 0
+    out = capsys.readouterr().out
+    path2 = tmp_path / "cami2v" / "plugin.safetensors"
+    assert out.rstrip().endswith(f"wrote {path2}") and '"kind": "cami2v"' in out and '"config": "tiny"' in out
     with safe_open(str(path2), "pt") as f:
         assert f.metadata()["scale_source"] == "relative"
+    assert cli([str(tmp_path / "missing.ckpt"), str(tmp_path / "x"), "--backbone", "tiny"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'missing.ckpt'}: ")
+
+
+def test_print_config_round_trips(tmp_path, capsys):
+    from train.camera.released import ReleasedConfig, command
+
+    assert cli(["a.ckpt", "out", "--kind", "cami2v", "--backbone", "tiny", "--print-config"]) == 0
+    (tmp_path / "c.yaml").write_text(capsys.readouterr().out)
+    want = ReleasedConfig(checkpoint="a.ckpt", out="out", kind="cami2v", config="tiny")
+    assert command().parse(["--config", str(tmp_path / "c.yaml")])[0] == want
+    assert command().parse(["a.ckpt", "out"])[0] == ReleasedConfig("a.ckpt", "out", "realcam", "256")

@@ -1,6 +1,6 @@
 """Convert the authors' released RealCam-I2V / CamI2V (DynamiCrafter 256) camera weights into our plug-in, strictly.
 
-    python -m train.camera.released RELEASED.ckpt|.pt|.safetensors OUT [--kind realcam|cami2v] [--config 256]
+    python -m train.camera.released RELEASED.ckpt|.pt|.safetensors OUT [--kind realcam|cami2v] [--backbone 256]
 
 Their code (ZGCTroy/CamI2V, ``CameraControl/CamI2V``) adds the camera modules to the LightningModule, so their
 names are (C = the block width; L = a temporal block, e.g. ``input_blocks.1.2.transformer_blocks.0``, the same
@@ -28,11 +28,12 @@ with our metadata (kind; modes basic: the released code trains basic i2v only; s
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -162,22 +163,46 @@ def convert_file(path: str | Path, out_dir: str | Path, kind: str = "realcam", c
     return target
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.camera.released", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", help="the released weights (.ckpt/.pt/.pth or .safetensors)")
-    p.add_argument("out", help="output folder: plugin.safetensors + conversion.json")
-    p.add_argument("--kind", default="realcam", choices=("realcam", "cami2v"))
-    p.add_argument("--config", default="256", help="backbone preset (the released plug-ins are 256)")
-    a = p.parse_args(argv)
+@dataclass
+class ReleasedConfig:
+    checkpoint: str  # the released weights (.ckpt/.pt/.pth or .safetensors)
+    out: str  # output folder: plugin.safetensors + conversion.json
+    kind: Literal["realcam", "cami2v"] = "realcam"  # the plug-in architecture of the weights
+    config: str = "256"  # backbone preset (the released plug-ins are 256)
+
+
+def main(cfg: ReleasedConfig) -> dict:
+    """Convert (strictly: :class:`ReleasedConversionError`); the key report of conversion.json and the written
+    plug-in's path (``plugin``)."""
+    path = convert_file(cfg.checkpoint, cfg.out, cfg.kind, cfg.config)
+    return {**json.loads((Path(cfg.out) / "conversion.json").read_text()), "plugin": str(path)}
+
+
+def _run(cfg: ReleasedConfig, args) -> int:
     try:
-        path = convert_file(a.checkpoint, a.out, a.kind, a.config)
+        report = main(cfg)
     except (ReleasedConversionError, ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {a.checkpoint}: {e}", file=sys.stderr)
+        print(f"error: {cfg.checkpoint}: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(json.loads((Path(a.out) / "conversion.json").read_text()), indent=1))
+    path = report.pop("plugin")
+    print(json.dumps(report, indent=1))
     print(f"wrote {path}")
     return 0
 
 
+def command():
+    from annotate.command import Command
+
+    from ..command_line import BACKBONE_FLAG, preset_reader
+
+    return Command(ReleasedConfig, _run, "python -m train.camera.released", __doc__.split("\n\n")[0],
+                   positionals=("checkpoint", "out"), flags={"--kind": "kind", BACKBONE_FLAG: "config"},
+                   load_preset=preset_reader("python -m train.camera.released"))
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return command().main(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
