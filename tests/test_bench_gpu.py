@@ -1,17 +1,18 @@
-"""make bench-gpu (issue 15): refuses cleanly without CUDA; its CPU smoke mode runs every section on tiny configs."""
+"""make bench-gpu (issue 15): refuses cleanly without CUDA; its CPU smoke mode runs every section on tiny configs.
+Also the command lines of bench-gpu and bench-backbone (annotate/command.py)."""
 
 import json
 
 import pytest
 import torch
 
-from train.bench_gpu import depth_anything_config, main
+from train.bench_gpu import BenchGpuConfig, cli, command, depth_anything_config, main
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
 def test_refuses_in_one_line_without_cuda(tmp_path):
     with pytest.raises(SystemExit) as e:
-        main(["--out", str(tmp_path / "gpu.json")])
+        cli(["--out", str(tmp_path / "gpu.json")])
     msg = str(e.value.code)
     assert "\n" not in msg and "needs a CUDA GPU" in msg and "--smoke" in msg
     assert not (tmp_path / "gpu.json").exists()
@@ -29,7 +30,10 @@ def test_depth_config_is_metric_large():
 
 def test_smoke_mode_runs_every_section(tmp_path, one_torch_thread):
     out = tmp_path / "gpu.json"
-    main(["--smoke", "--out", str(out)])
+    cfg = BenchGpuConfig(out=str(out), smoke=True)
+    r = main(cfg)
+    assert cfg.depth_batch is None and r["sections"]["depth"]["batch"] == 2  # the caller's config is kept
+    assert json.loads(out.read_text()) == json.loads(json.dumps(r))  # the JSON written is the result returned
     r = json.loads(out.read_text())
     assert r["smoke"] and r["device"] == "cpu (smoke)"
     depth = r["sections"]["depth"]
@@ -41,3 +45,25 @@ def test_smoke_mode_runs_every_section(tmp_path, one_torch_thread):
     assert not train["checkpointing_off"]["gradient_checkpointing"]
     sample = r["sections"]["ddim_sampling"]
     assert sample["seconds_per_video"] > 0 and sample["output_shape"] == [1, 3, 4, 64, 64]
+
+
+def test_print_config_round_trips(tmp_path, capsys):
+    assert cli(["--smoke", "--sections", "depth", "sample", "batch=3", "--print-config"]) == 0
+    (tmp_path / "c.yaml").write_text(capsys.readouterr().out)
+    want = BenchGpuConfig(smoke=True, batch=3, sections=["depth", "sample"])
+    assert command().parse(["--config", str(tmp_path / "c.yaml")])[0] == want
+    with pytest.raises(SystemExit) as e:  # argparse refuses an unknown section
+        cli(["--sections", "depht"])
+    assert e.value.code == 2
+
+
+def test_bench_backbone_print_config_round_trips(tmp_path, capsys):
+    from train.bench_backbone import BenchBackboneConfig
+    from train.bench_backbone import cli as backbone_cli
+    from train.bench_backbone import command as backbone_command
+
+    assert backbone_cli(["--preset", "tiny", "--device", "cpu", "--dtypes", "fp32", "--no-checkpointing",
+                         "repeats=2", "--print-config"]) == 0
+    (tmp_path / "c.yaml").write_text(capsys.readouterr().out)
+    want = BenchBackboneConfig(preset="tiny", device="cpu", dtypes=["fp32"], repeats=2, checkpointing=False)
+    assert backbone_command().parse(["--config", str(tmp_path / "c.yaml")])[0] == want

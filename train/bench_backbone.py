@@ -11,10 +11,12 @@ frames x h x w per sample) implied for training.
 
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -77,19 +79,22 @@ def bench(unet: UNetModel, device: torch.device, dtype: torch.dtype | None, fram
             "tokens_per_sample": tokens, "train_tokens_per_s": tokens / (f + b), "train_samples_per_s": 1 / (f + b)}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m train.bench_backbone", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="bench/backbone.json")
-    p.add_argument("--preset", default="256", choices=sorted(LATENT_HW))
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtypes", nargs="+", default=None, help="fp32 fp16 bf16 (default: fp32 on CPU, fp16 bf16 on CUDA)")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--no-checkpointing", action="store_true")
-    a = p.parse_args(argv)
+@dataclass
+class BenchBackboneConfig:
+    out: str = "bench/backbone.json"  # the result JSON
+    preset: Literal["1024", "256", "512", "tiny"] = "256"  # backbone preset
+    device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")  # torch device
+    dtypes: list[Literal["fp32", "fp16", "bf16"]] | None = None  # autocast (null: fp32 on CPU, fp16 bf16 on CUDA)
+    frames: int = 16  # frames per sample
+    repeats: int = 1  # timed rounds after the warm-up (the fastest counts)
+    checkpointing: bool = True  # gradient checkpointing (as the preset says; --no-checkpointing: off)
+
+
+def main(a: BenchBackboneConfig) -> dict:
+    """Build the UNet, time forward and backward per dtype, write ``out``; the result."""
     device = torch.device(a.device)
     cfg = load_config(a.preset)
-    if a.no_checkpointing:
+    if not a.checkpointing:
         cfg.unet.use_checkpoint = False
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -117,5 +122,22 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def _run(cfg: BenchBackboneConfig, args) -> int:
+    main(cfg)
+    return 0
+
+
+def command():
+    from annotate.command import Command
+
+    return Command(BenchBackboneConfig, _run, "python -m train.bench_backbone", __doc__.split("\n\n")[0],
+                   flags={"--out": "out", "--preset": "preset", "--device": "device", "--dtypes": "dtypes",
+                          "--frames": "frames", "--repeats": "repeats", "--checkpointing": "checkpointing"})
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return command().main(argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -21,13 +21,16 @@ Without CUDA the command refuses in one line unless ``--smoke`` is given.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import gc
 import logging
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -35,6 +38,7 @@ import torch
 from annotate.files import write_json
 
 PAPER_SAMPLES_PER_S_PER_GPU = 50_000 * 64 / (25 * 3600) / 8
+SECTIONS = ("depth", "train", "sample")
 FRAME_HW = (360, 640)  # RealEstate10K frames as the annotation job decodes them
 
 log = logging.getLogger("realcam")
@@ -253,14 +257,18 @@ def bench_sampling(bb, plugin, device: torch.device, frames: int, steps: int) ->
 # --------------------------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m train.bench_gpu", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="bench/gpu.json")
-    p.add_argument("--smoke", action="store_true", help="tiny configs on the CPU (seconds; what CI runs)")
-    p.add_argument("--batch", type=int, default=8, help="training samples per GPU")
-    p.add_argument("--depth-batch", type=int, default=None, help="default: cluster.yaml's clip.depth.batch_size")
-    p.add_argument("--sections", nargs="+", default=["depth", "train", "sample"], choices=["depth", "train", "sample"])
-    a = p.parse_args(argv)
+@dataclass
+class BenchGpuConfig:
+    out: str = "bench/gpu.json"  # the result JSON
+    smoke: bool = False  # tiny configs on the CPU (seconds; what CI runs)
+    batch: int = 8  # training samples per GPU
+    depth_batch: int | None = None  # depth images per batch (null: cluster.yaml's clip.depth.batch_size)
+    sections: list[Literal["depth", "train", "sample"]] = field(default_factory=lambda: list(SECTIONS))  # parts to run
+
+
+def main(a: BenchGpuConfig) -> dict:
+    """Run the sections, write ``out``; the result. Without CUDA (and without ``smoke``) a one-line SystemExit."""
+    a = dataclasses.replace(a)  # depth_batch is filled in below; the caller's config stays as given
     if not a.smoke and not torch.cuda.is_available():
         raise SystemExit("bench-gpu needs a CUDA GPU and torch.cuda.is_available() is False here "
                          "(python -m train.bench_gpu --smoke runs the tiny CPU variant)")
@@ -318,5 +326,20 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def _run(cfg: BenchGpuConfig, args) -> int:
+    main(cfg)
+    return 0
+
+
+def command():
+    from annotate.command import Command
+
+    return Command(BenchGpuConfig, _run, "python -m train.bench_gpu", __doc__.split("\n\n")[0])
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return command().main(argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())
