@@ -24,7 +24,7 @@ from annotate.camera import look_at, make_pose, rot_y, rotmat_to_quat, w2c_to_c2
 from annotate.re10k import read_camera_file
 from annotate.synth import Room, render
 from train.inference.editor import Editor, EditorScene, GenerateConfig
-from train.inference.editor import main as editor_main
+from train.inference.editor import cli as editor_cli
 from train.inference.editor_access import AllowedHosts, guard_server, refusal
 from train.inference.scene import point_cloud, splat
 from train.inference.trajectory import keyframe_trajectory, load_trajectory
@@ -249,10 +249,9 @@ def test_command_line(tmp_path, monkeypatch, capsys, room_scene):
                       (["--host", "no-such-host.invalid"], "cannot resolve"),
                       (["--image", "missing.png"], "missing.png"),
                       (["--clip", "x"], "--annotations")]:
-        with pytest.raises(SystemExit) as e:
-            editor_main(common + args)
+        assert editor_cli(common + args) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert e.value.code == 2 and err[-1].startswith("editor: ") and msg in err[-1], err
+        assert err[-1].startswith("editor: ") and msg in err[-1], err
 
     seen = {}
 
@@ -262,11 +261,25 @@ def test_command_line(tmp_path, monkeypatch, capsys, room_scene):
         seen["port"] = ed.server.get_port()
         seen["host"] = _request(seen["port"], headers={"Host": f"evil.example:{seen['port']}"})
 
-    editor_main(common + ["--host", "localhost", "--export-dir", "out/ed"], started=started)
+    assert editor_cli(common + ["--host", "localhost", "--export-dir", "out/ed"], started=started) == 0
     out = capsys.readouterr().out
     assert f"http://127.0.0.1:{seen['port']}/" in out and "ssh -L" in out
     assert seen["path"].parent == (tmp_path / "out/ed").resolve() and seen["host"] == 403
     np.testing.assert_allclose(_c2w(seen["path"])[-1][:3, 3], [0, 0, 0.2 * np.median(room_scene.depth)], rtol=1e-6)
+
+
+def test_print_config_round_trips(tmp_path, capsys):
+    """--print-config's YAML loads back with --config; Generate's options land in generate.*."""
+    from train.inference.editor import EditorConfig, command
+
+    argv = ["--image", "room.png", "--tiny", "--backbone", "tiny", "--steps", "3", "--cfg", "5", "--mode", "loop",
+            "--port", "0", "--allow-remote", "generate.fps=12", "--frames", "5"]
+    assert editor_cli([*argv, "--print-config"]) == 0
+    (tmp_path / "c.yaml").write_text(capsys.readouterr().out)
+    want = EditorConfig(image="room.png", port=0, allow_remote=True, frames=5,
+                        generate=GenerateConfig(tiny=True, config="tiny", steps=3, cfg=5.0, mode="loop", fps=12.0))
+    assert command().parse(argv)[0] == want
+    assert command().parse(["--config", str(tmp_path / "c.yaml")])[0] == want
 
 
 def test_image_with_the_depth_model(room_scene, tiny_depth_model, tmp_path):
@@ -297,9 +310,9 @@ def test_clip_from_an_annotation_folder(train_annotations, tmp_path):
         seen["depth"] = ed.scene.depth
         seen["export"] = ed.export()
 
-    editor_main(["--annotations", str(ann), "--clip", clip, "--manifest", str(train_annotations["manifest"]),
-                 "--height", "32", "--width", "48", "--frames", "5", "--frame-stride", "2", "--port", "0",
-                 "--export-dir", str(tmp_path / "exports")], started=started)
+    assert editor_cli(["--annotations", str(ann), "--clip", clip, "--manifest", str(train_annotations["manifest"]),
+                       "--height", "32", "--width", "48", "--frames", "5", "--frame-stride", "2", "--port", "0",
+                       "--export-dir", str(tmp_path / "exports")], started=started) == 0
     # 5 frames at stride 2 span lines 0..8, and the keyframes are lines 0, 2, 4, 6, 8: the path is the clip's
     np.testing.assert_allclose(seen["traj"], c2w[[0, 2, 4, 6, 8]], atol=1e-6)
     np.testing.assert_allclose(_c2w(seen["export"]), c2w[[0, 2, 4, 6, 8]], atol=1e-6)

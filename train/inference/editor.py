@@ -28,6 +28,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -36,6 +37,7 @@ from annotate.files import atomic_write_bytes, atomic_write_text
 from annotate.log import get_logger
 from annotate.re10k import format_camera_text
 
+from ..command_line import BACKBONE_FLAG
 from .scene import PointCloud, point_cloud, render_preview
 from .trajectory import (
     PRESETS,
@@ -158,24 +160,24 @@ def predict_depth(image: np.ndarray, model: str | None) -> np.ndarray:
 
 @dataclass
 class GenerateConfig:
-    """The model of Generate (train.sample's flags of the same names) and the sampling defaults of the GUI."""
+    """The model of Generate (train.sample's options of the same names) and the sampling defaults of the GUI."""
 
-    checkpoint: str | None = None
-    config: str | None = None
-    tokenizer: str | None = None
-    plugin: str | None = None
-    tiny: bool = False
-    tiny_seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    prompt: str = ""
-    seed: int = 12333
-    steps: int = 25
-    cfg: float = 7.5
-    noise_shaping: bool = False
-    shaping_threshold: int = 900
-    mode: str = "plain"  # plain | loop | interp (continue needs a previous clip: use train.sample)
-    fps: float = 8.0
+    checkpoint: str | None = None  # DynamiCrafter model.ckpt / .safetensors / train.convert folder
+    config: str | None = None  # backbone preset name or yaml (null: detected from the checkpoint)
+    tokenizer: str | None = None  # CLIP tokenizer folder (vocab.json + merges.txt)
+    plugin: str | None = None  # camera plug-in: plugin.safetensors, a checkpoint folder or a run folder
+    tiny: bool = False  # random tiny model (tests, smoke runs)
+    tiny_seed: int = 0  # seed of the random tiny model's weights
+    device: str = "auto"  # auto: cuda when available, else cpu; or cpu, cuda:N
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on the CPU
+    prompt: str = ""  # text prompt
+    seed: int = 12333  # sampling seed
+    steps: int = 25  # DDIM steps
+    cfg: float = 7.5  # classifier-free guidance scale
+    noise_shaping: bool = False  # scene-constrained noise shaping of the first steps
+    shaping_threshold: int = 900  # shape the noise while t >= this
+    mode: Literal["plain", "loop", "interp"] = "plain"  # sampling mode (continue needs a previous clip: train.sample)
+    fps: float = 8.0  # fps of the written videos
 
     @property
     def available(self) -> bool:
@@ -716,70 +718,62 @@ def check_frames(n) -> int:
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train.inference.editor", description=__doc__.split("\n\n")[0])
-    src = p.add_argument_group("scene")
-    src.add_argument("--image", help="condition image (or --annotations OUT --clip ID)")
-    src.add_argument("--annotations", help="annotation folder: open a clip's first frame and metric cameras")
-    src.add_argument("--clip", help="clip id in --annotations")
-    src.add_argument("--manifest", help="the clips' manifest (default: the one the annotation run recorded)")
-    src.add_argument("--depth-file", help=".npy / .npz ('depth') metric depth at the image or model size")
-    src.add_argument("--depth-model", help="Depth Anything V2 metric hub id or folder (default: annotate's)")
-    src.add_argument("--last-image", help="interp mode: the last frame's image")
-    src.add_argument("--height", type=int, default=256)
-    src.add_argument("--width", type=int, default=256)
-    src.add_argument("--frames", type=int, default=16)
-    src.add_argument("--frame-stride", type=int, default=8, help="video frames between generated frames "
-                     "(camera-file timestamps, the fs embedding; default 8, the paper's)")
-    src.add_argument("--export-dir", default=DEFAULT_EXPORT_DIR,
-                     help=f"the only folder the editor writes into or imports from (default {DEFAULT_EXPORT_DIR})")
-    mdl = p.add_argument_group("Generate (as train.sample)")
-    for flag in ("--checkpoint", "--config", "--tokenizer", "--plugin"):
-        mdl.add_argument(flag)
-    mdl.add_argument("--tiny", action="store_true", help="random tiny model (tests, smoke runs)")
-    mdl.add_argument("--device", default="auto")
-    mdl.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
-    mdl.add_argument("--prompt", default="")
-    mdl.add_argument("--steps", type=int, default=25)
-    mdl.add_argument("--cfg", type=float, default=7.5)
-    mdl.add_argument("--seed", type=int, default=12333)
-    mdl.add_argument("--noise-shaping", action="store_true")
-    mdl.add_argument("--mode", choices=("plain", "loop", "interp"), default="plain")
-    net = p.add_argument_group("server")
-    net.add_argument("--host", default="127.0.0.1", help="address or name to listen on (default 127.0.0.1); a "
-                     "non-loopback one needs --allow-remote; prefer an SSH forward: ssh -L 8080:127.0.0.1:8080 host")
-    net.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (viser takes the next free one if busy)")
-    net.add_argument("--allow-remote", action="store_true",
-                     help="allow a non-loopback --host: anyone who reaches it can edit, export and generate")
-    return p
+@dataclass
+class EditorConfig:
+    """The editor's command line: the scene, the server, and Generate's model and sampling (``generate.*``)."""
+
+    image: str | None = None  # condition image (or --annotations OUT --clip ID)
+    annotations: str | None = None  # annotation folder: open a clip's first frame and metric cameras
+    clip: str | None = None  # clip id in --annotations
+    manifest: str | None = None  # the clips' manifest (null: the one the annotation run recorded)
+    depth_file: str | None = None  # .npy / .npz ('depth') metric depth at the image or model size
+    depth_model: str | None = None  # Depth Anything V2 metric hub id or folder (null: annotate's)
+    last_image: str | None = None  # interp mode: the last frame's image
+    height: int = 256  # video height
+    width: int = 256  # video width
+    frames: int = 16  # frames of the path (and of a generated video)
+    frame_stride: int = 8  # video frames between generated frames (camera-file timestamps, the fs embedding)
+    export_dir: str = DEFAULT_EXPORT_DIR  # the only folder the editor writes into or imports from
+    # address or name to listen on; a non-loopback one needs --allow-remote; prefer an SSH forward:
+    # ssh -L 8080:127.0.0.1:8080 host
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT  # port (viser takes the next free one if busy)
+    allow_remote: bool = False  # allow a non-loopback --host: anyone who reaches it can edit, export and generate
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
 
-def start(args: argparse.Namespace) -> Editor:
+FLAGS = {**{"--" + k.replace("_", "-"): k for k in ("image", "annotations", "clip", "manifest", "depth_file",
+                                                     "depth_model", "last_image", "height", "width", "frames",
+                                                     "frame_stride", "export_dir")},
+         **{(BACKBONE_FLAG if k == "config" else "--" + k.replace("_", "-")): "generate." + k
+            for k in ("checkpoint", "config", "tokenizer", "plugin", "tiny", "device", "dtype", "prompt", "steps",
+                      "cfg", "seed", "noise_shaping", "mode")},
+         "--host": "host", "--port": "port", "--allow-remote": "allow_remote"}  # train.sample's names
+
+
+def start(cfg: EditorConfig) -> Editor:
     """Open the scene, start the guarded viser server and the editor on it (raises ValueError/OSError)."""
     import viser
 
     from .editor_access import AllowedHosts, guard_server, is_loopback, resolve_host
 
-    ip = resolve_host(args.host, args.allow_remote)  # before the (slow) depth prediction
+    ip = resolve_host(cfg.host, cfg.allow_remote)  # before the (slow) depth prediction
     if not is_loopback(ip):
         log.warning("listening on %s (%s), reachable from other machines: anyone who reaches it can edit, write "
-                    "into %s and run the model (there is no authentication)", args.host, ip, args.export_dir)
-    hw = (args.height, args.width)
-    if args.annotations or args.clip:
-        if not (args.annotations and args.clip) or args.image:
+                    "into %s and run the model (there is no authentication)", cfg.host, ip, cfg.export_dir)
+    hw = (cfg.height, cfg.width)
+    if cfg.annotations or cfg.clip:
+        if not (cfg.annotations and cfg.clip) or cfg.image:
             raise ValueError("give --annotations OUT --clip ID together, or --image")
-        scene = open_clip(args.annotations, args.clip, hw, args.manifest, args.depth_file, args.depth_model)
-    elif args.image:
-        scene = open_image(args.image, hw, args.depth_file, args.depth_model, args.last_image)
+        scene = open_clip(cfg.annotations, cfg.clip, hw, cfg.manifest, cfg.depth_file, cfg.depth_model)
+    elif cfg.image:
+        scene = open_image(cfg.image, hw, cfg.depth_file, cfg.depth_model, cfg.last_image)
     else:
         raise ValueError("give --image IMG, or --annotations OUT --clip ID")
-    gen = GenerateConfig(checkpoint=args.checkpoint, config=args.config, tokenizer=args.tokenizer, plugin=args.plugin,
-                         tiny=args.tiny, device=args.device, dtype=args.dtype, prompt=args.prompt, seed=args.seed,
-                         steps=args.steps, cfg=args.cfg, noise_shaping=args.noise_shaping, mode=args.mode)
-    server = viser.ViserServer(host=ip, port=args.port, verbose=False)
+    server = viser.ViserServer(host=ip, port=cfg.port, verbose=False)
     try:
-        guard_server(server, AllowedHosts(args.host, ip))
-        return Editor(server, scene, args.export_dir, args.frames, args.frame_stride, generate=gen)
+        guard_server(server, AllowedHosts(cfg.host, ip))
+        return Editor(server, scene, cfg.export_dir, cfg.frames, cfg.frame_stride, generate=cfg.generate)
     except BaseException:
         server.stop()
         raise
@@ -790,18 +784,9 @@ def url_of(server) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{server.get_port()}/"
 
 
-def main(argv: list[str] | None = None, started=None) -> None:
-    """The command line; serves until Ctrl-C (or until ``started(editor)``, given the running editor, returns
-    False: the tests' way to stop it)."""
-    from annotate.log import setup_logging
-
-    p = build_parser()
-    args = p.parse_args(argv)
-    setup_logging(1)
-    try:
-        editor = start(args)
-    except (ValueError, OSError) as e:
-        p.exit(2, f"editor: {e}\n")
+def serve(editor: Editor, started=None) -> None:
+    """Serve until Ctrl-C (or until ``started(editor)``, given the running editor, returns: the tests' way to
+    stop it), then stop the server."""
     print(f"trajectory editor on {url_of(editor.server)}  (exports to {editor.export_dir.resolve()}; Ctrl-C to "
           "stop; from another machine: ssh -L 8080:127.0.0.1:8080 this-host)", flush=True)
     try:
@@ -816,5 +801,38 @@ def main(argv: list[str] | None = None, started=None) -> None:
         editor.server.stop()
 
 
+def main(cfg: EditorConfig, started=None) -> None:
+    """Open the scene and serve it (:func:`start` raises ValueError/OSError for an unusable scene or host)."""
+    serve(start(cfg), started)
+
+
+def command(started=None):
+    """The command line; ``started``: see :func:`serve`."""
+    import sys
+
+    from annotate.command import Command
+    from annotate.log import setup_logging
+
+    from ..command_line import preset_reader
+
+    def run(cfg: EditorConfig, args: argparse.Namespace) -> int:
+        setup_logging(max(1, args.verbose))
+        try:
+            editor = start(cfg)
+        except (ValueError, OSError) as e:
+            print(f"editor: {e}", file=sys.stderr)
+            return 2
+        serve(editor, started)
+        return 0
+
+    return Command(EditorConfig, run, "python -m train.inference.editor", __doc__.split("\n\n")[0],
+                   flags=FLAGS,
+                   load_preset=preset_reader("python -m train.inference.editor"))
+
+
+def cli(argv: list[str] | None = None, started=None) -> int:
+    return command(started).main(argv)
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli())
