@@ -34,11 +34,14 @@ def _json(obj: Any) -> str:
 
 def _reported(main: Callable[[Any], Any], cfg: Any, args: argparse.Namespace) -> tuple[int, Any]:
     """(0, main(cfg)), or (2, None) after one ``error:`` line for a bad input (what the old parser did)."""
+    from annotate.preflight import PreflightError
     from eval.log import setup_logging
 
     setup_logging(bool(args.verbose))  # evaluation commands log INFO by default
     try:
         return 0, main(cfg)
+    except PreflightError:
+        raise  # Command.main reports it (exit 2)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2, None

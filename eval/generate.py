@@ -302,11 +302,14 @@ def main(cfg: GenerateConfig) -> dict:
 
 
 def _run(cfg: GenerateConfig, args: argparse.Namespace) -> int:
+    from annotate.preflight import PreflightError
     from eval.log import setup_logging
 
     setup_logging(bool(args.verbose))  # evaluation commands log INFO by default
     try:
         result = main(cfg)
+    except PreflightError:
+        raise  # Command.main reports it (exit 2)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

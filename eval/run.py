@@ -434,11 +434,14 @@ def main(cfg: EvalRunConfig) -> dict[str, Any]:
 
 
 def _run(cfg: EvalRunConfig, args: argparse.Namespace) -> int:
+    from annotate.preflight import PreflightError
     from eval.log import setup_logging
 
     setup_logging(bool(args.verbose))  # evaluation commands log INFO by default
     try:
         summary = main(cfg)
+    except PreflightError:
+        raise  # Command.main reports it (exit 2)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

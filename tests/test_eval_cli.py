@@ -113,3 +113,19 @@ def test_help_of_every_command(capsys):
     assert r.returncode == 0 and "(default: SIMPLE_PINHOLE)" in " ".join(r.stdout.split()), r.stderr
     r = subprocess.run([sys.executable, "-m", "eval"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2 and "estimate-poses" in r.stderr
+
+
+def test_main_of_a_config_from_python(tmp_path):
+    from annotate.preflight import PreflightError
+    from eval.metrics import camera_metrics
+    from eval.trajectory import load_camera
+    from tests.test_eval_metrics import FIXTURES
+
+    a, b = str(FIXTURES[0]), str(FIXTURES[1])
+    got = cli.camera_metrics_main(cli.CameraMetricsConfig(pred=a, gt=b, pred_scale=2.0))
+    assert got == camera_metrics(load_camera(a).c2w, load_camera(b).c2w, 2.0, 1.0).as_dict()
+    # eval run's preflight runs before anything starts or is written, from Python too
+    out = tmp_path / "res"
+    with pytest.raises(PreflightError, match="EXP_DIR .*no such folder"):
+        run.main(run.EvalRunConfig(exp_dir=str(tmp_path / "none"), out_dir=str(out)))
+    assert not out.exists()
