@@ -287,8 +287,8 @@ def _uint8_frame0(sample: dict) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ command line
 
 # The historical option names; every other field is --its-name. The backbone preset's option is
-# --backbone-config: --config is every command's YAML preset of the config itself (annotate/command.py).
-RENAMED = {"out_dir": "--out", "annotation_dir": "--annotations", "cfg_scale": "--cfg", "config": "--backbone-config",
+# --backbone (as train.sample): --config is every command's YAML preset of the config itself (annotate/command.py).
+RENAMED = {"out_dir": "--out", "annotation_dir": "--annotations", "cfg_scale": "--cfg", "config": "--backbone",
            "show_progress": "--progress"}
 FLAGS = {RENAMED.get(f.name, "--" + f.name.replace("_", "-")): f.name for f in fields(GenerateConfig)}
 

@@ -33,7 +33,7 @@ CASES = {
              "fvd.method": "sqrtm"}),
     "generate": (generate.command,
                  ["--out", "exp", "--annotations", "ann", "--manifest", "m.csv", "--tiny", "--limit", "3",
-                  "--cfg", "5", "--no-progress", "--backbone-config", "tiny", "--noise-shaping", "on", "steps=4"],
+                  "--cfg", "5", "--no-progress", "--backbone", "tiny", "--noise-shaping", "on", "steps=4"],
                  {"out_dir": "exp", "annotation_dir": "ann", "manifest": "m.csv", "tiny": True, "limit": 3,
                   "cfg_scale": 5.0, "show_progress": False, "config": "tiny", "noise_shaping": "on", "steps": 4,
                   "stride": 8, "seed": 12333}),
@@ -107,7 +107,7 @@ def test_help_of_every_command(capsys):
         assert all(f"  {k} (" in make().parser().format_help() for k in want), name
     text = " ".join(generate.command().parser().format_help().split())
     assert "first N clips in sorted order (0 = all) (default: 1000)" in text
-    assert "--backbone-config BACKBONE_CONFIG backbone preset or yaml" in text
+    assert "--backbone BACKBONE backbone preset or yaml" in text
     r = subprocess.run([sys.executable, "-m", "eval", "run", "--help"], capture_output=True, text=True, cwd=ROOT,
                        timeout=120)
     assert r.returncode == 0 and "(default: SIMPLE_PINHOLE)" in " ".join(r.stdout.split()), r.stderr
