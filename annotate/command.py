@@ -177,6 +177,18 @@ def print_config(cfg: Any, stream: typing.TextIO | None = None) -> None:
 # ------------------------------------------------------------------------------------------------ the command
 
 
+class _SetKeys(argparse.Action):
+    """A switch that sets several config keys to fixed values (``Command.switches``)."""
+
+    def __init__(self, option_strings, dest, sets: dict[str, Any], **kw):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+        self.sets = sets
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for key, value in self.sets.items():
+            setattr(namespace, _PREFIX + key, value)
+
+
 def _blank(cls: type) -> Any:
     """The class defaults, with None in the fields that have none (required keys)."""
     return cls(**{f.name: None for f in dataclasses.fields(cls)
@@ -206,6 +218,7 @@ class Command:
     description: str = ""
     positionals: tuple[str, ...] = ()  # keys given as words, in this order (a list key takes the rest)
     flags: dict[str, str] | None = None  # --option -> key; None: every top-level leaf field as --field-name
+    switches: dict[str, tuple[str, dict[str, Any]]] | None = None  # --option -> (help, {key: value, ...})
     presets: str = "YAML preset of the config (keys as below)"  # help of --config
     options: Callable[[argparse.ArgumentParser], None] | None = None  # options outside the config (e.g. --check)
     defaults: Any = None  # the config whose values --help shows (default: the class defaults)
@@ -253,6 +266,9 @@ class Command:
             default = "required" if d.required else f"default: {_show(d.default)}"
             kw["help"] = f"{text} ({default}{sets})"
             p.add_argument(opt, **kw)
+        for opt, (text, sets) in (self.switches or {}).items():
+            shown_sets = ", ".join(f"{k}={_show(v)}" for k, v in sets.items())
+            p.add_argument(opt, action=_SetKeys, sets=sets, help=f"{text} (sets {shown_sets})")
         p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logging")
         if self.options:
             self.options(p)

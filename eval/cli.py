@@ -153,18 +153,12 @@ def _run_estimate_poses(cfg: EstimatePosesConfig, args: argparse.Namespace) -> i
     return 0 if any(r["ok"] for r in rows) else 1
 
 
-def _pose_options(p: argparse.ArgumentParser) -> None:
-    from eval.run import pose_options
-
-    pose_options(p)
-
-
 def estimate_poses_command() -> Command:
-    from eval.run import POSE_FLAGS
+    from eval.run import NO_AFFINE, POSE_FLAGS
 
     return Command(EstimatePosesConfig, _run_estimate_poses, "python -m eval estimate-poses",
                    "SIFT + GLOMAP trials of one video", positionals=("video", "camera"),
-                   flags={"--out": "out", "--with-poses": "with_poses", **POSE_FLAGS}, options=_pose_options)
+                   flags={"--out": "out", "--with-poses": "with_poses", **POSE_FLAGS}, switches=NO_AFFINE)
 
 
 def cli_estimate_poses(argv: list[str] | None = None) -> int:
@@ -218,17 +212,11 @@ def _run_fvd(cfg: FVDCommandConfig, args: argparse.Namespace) -> int:
     return rc
 
 
-def _fvd_options(p: argparse.ArgumentParser) -> None:
-    from eval.run import fvd_options
-
-    fvd_options(p)
-
-
 def fvd_command() -> Command:
     from eval.run import FVD_FLAGS, fvd_variants
 
     return Command(FVDCommandConfig, _run_fvd, "python -m eval fvd", "FVD between two folders of videos",
-                   positionals=("real", "fake"), flags=FVD_FLAGS, options=_fvd_options, check=fvd_variants)
+                   positionals=("real", "fake"), flags=FVD_FLAGS, check=fvd_variants)
 
 
 def cli_fvd(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import scipy.linalg
@@ -38,13 +39,13 @@ FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass
 class FVDConfig:
-    variants: tuple[str, ...] = VARIANTS
+    variants: tuple[str, ...] = VARIANTS  # FVD variants to compute (videogpt: i3d_pretrained_400.pt, styleganv)
     videogpt_weights: str | None = None  # i3d_pretrained_400.pt
     styleganv_torchscript: str | None = None  # i3d_torchscript.pt
-    batch_size: int = 16
-    device: str = "cpu"
+    batch_size: int = 16  # videos per I3D batch
+    device: str = "cpu"  # FVD device: auto (cuda when available, batched), cpu, cuda:N
     num_frames: int | None = None  # None: all frames (every video of both sets must have the same count)
-    method: str = "svd"  # "svd" (TF-GAN, the reference) or "sqrtm"
+    method: Literal["svd", "sqrtm"] = "svd"  # matrix square root: svd (TF-GAN, the reference) or sqrtm
 
 
 # ----------------------------------------------------------------------------------------- preprocessing

@@ -43,7 +43,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -62,17 +62,17 @@ DepthSource = DepthPredictor | Callable[[np.ndarray], np.ndarray]  # a depth pre
 
 @dataclass
 class PoseEstimationConfig:
-    camera_model: str = "SIMPLE_PINHOLE"  # the reference's; "PINHOLE" uses fx and fy separately
-    estimate_affine_shape: bool = True
-    domain_size_pooling: bool = True
-    max_num_features: int = 8192
-    guided_matching: bool = True
-    max_num_matches: int = 65536
-    sequential_overlap: int = 10
-    max_epipolar_error: float = 4.0
-    min_num_inliers: int = 15
-    num_threads: int = -1
-    allow_unregistered: bool = False
+    camera_model: Literal["SIMPLE_PINHOLE", "PINHOLE"] = "SIMPLE_PINHOLE"  # COLMAP camera model (PINHOLE: fx, fy apart)
+    estimate_affine_shape: bool = True  # SIFT affine shape estimation (the reference's; off: --no-affine)
+    domain_size_pooling: bool = True  # SIFT domain size pooling (the reference's; off: --no-affine)
+    max_num_features: int = 8192  # SIFT features per frame
+    guided_matching: bool = True  # match again along the estimated epipolar geometry
+    max_num_matches: int = 65536  # matches per image pair
+    sequential_overlap: int = 10  # sequential matching overlap (frames)
+    max_epipolar_error: float = 4.0  # RANSAC threshold of two-view geometry (pixels)
+    min_num_inliers: int = 15  # fewest inliers of a verified pair
+    num_threads: int = -1  # COLMAP threads (-1: all cores)
+    allow_unregistered: bool = False  # report unregistered frames instead of failing the trial (metrics then fail)
     colmap_min_log_level: int = 3  # glog: 0 INFO, 1 WARNING, 2 ERROR, 3 FATAL (failures come back as exceptions)
     keep_workdir: str | None = None  # copy the database, images and models here (debugging)
 

@@ -52,7 +52,7 @@ from typing import Any, Literal
 import numpy as np
 
 from annotate.camera import relative_to
-from annotate.command import _PREFIX, Command
+from annotate.command import Command
 from annotate.files import atomic_write_text, json_safe
 from annotate.job import RayConfig
 from annotate.video import VIDEO_SUFFIXES, read_frames
@@ -370,43 +370,20 @@ def run_evaluation(cfg: EvalRunConfig, depth: DepthSource | None = None) -> dict
 # Option names shared with `eval estimate-poses` (pose) and `eval fvd` (FVD); the historical names.
 
 POSE_FLAGS = {"--trials": "num_trials", "--seed": "base_seed", "--overlap": "pose.sequential_overlap",
+              "--camera-model": "pose.camera_model",
               "--allow-unregistered": "pose.allow_unregistered", "--depth-model": "depth_model",
               "--depth-device": "depth_device"}
 FVD_FLAGS = {"--videogpt-i3d": "fvd.videogpt_weights", "--styleganv-i3d": "fvd.styleganv_torchscript",
-             "--num-frames": "fvd.num_frames", "--fvd-batch": "fvd.batch_size", "--device": "fvd.device"}
+             "--num-frames": "fvd.num_frames", "--fvd-batch": "fvd.batch_size", "--device": "fvd.device",
+             "--fvd-method": "fvd.method"}
 RUN_FLAGS = {"--out": "out_dir", "--k-std": "k_std", "--limit": "limit", "--progress": "show_progress",
              "--cache": "cache_dir", "--executor": "executor", "--address": "ray.address", "--num-cpus": "ray.num_cpus",
              "--cpus-per-task": "cpus_per_task", "--max-videos-in-flight": "max_videos_in_flight",
              **POSE_FLAGS, **FVD_FLAGS}
 
 
-class SetKeys(argparse.Action):
-    """A switch that sets several config keys to fixed values (``--no-affine``, ``--fvd-only``): Command's flags
-    map one option onto one key, so these write its ``cfg:<key>`` destinations themselves."""
-
-    def __init__(self, option_strings, dest, sets: dict[str, Any], **kw):
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
-        self.sets = sets
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        for key, value in self.sets.items():
-            setattr(namespace, _PREFIX + key, value)
-
-
-def pose_options(p: argparse.ArgumentParser) -> None:
-    """The pose options that are not one key each, or whose key has no choices in its dataclass."""
-    p.add_argument("--camera-model", dest=_PREFIX + "pose.camera_model", choices=["SIMPLE_PINHOLE", "PINHOLE"],
-                   default=argparse.SUPPRESS,
-                   help="COLMAP camera model of the pose estimation; sets pose.camera_model (default: SIMPLE_PINHOLE)")
-    p.add_argument("--no-affine", action=SetKeys,
-                   sets={"pose.estimate_affine_shape": False, "pose.domain_size_pooling": False},
-                   help="plain SIFT (no affine shape / domain-size pooling; faster, differs from the reference); "
-                        "sets pose.estimate_affine_shape and pose.domain_size_pooling to false")
-
-
-def fvd_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--fvd-method", dest=_PREFIX + "fvd.method", choices=["svd", "sqrtm"], default=argparse.SUPPRESS,
-                   help="matrix square root of the FVD; sets fvd.method (default: svd)")
+NO_AFFINE = {"--no-affine": ("plain SIFT (no affine shape / domain-size pooling; faster, differs from the reference)",
+                             {"pose.estimate_affine_shape": False, "pose.domain_size_pooling": False})}
 
 
 def fvd_variants(cfg: Any) -> Any:
@@ -416,12 +393,6 @@ def fvd_variants(cfg: Any) -> Any:
         fvd.variants = tuple(v for v, path in (("videogpt", fvd.videogpt_weights),
                                                ("styleganv", fvd.styleganv_torchscript)) if path)
     return cfg
-
-
-def _options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--fvd-only", action=SetKeys, sets={"poses": False}, help="skip pose estimation; sets poses=false")
-    pose_options(p)
-    fvd_options(p)
 
 
 def main(cfg: EvalRunConfig) -> dict[str, Any]:
@@ -453,7 +424,8 @@ def _run(cfg: EvalRunConfig, args: argparse.Namespace) -> int:
 
 def command() -> Command:
     return Command(EvalRunConfig, _run, "python -m eval run", "evaluate EXP_DIR (samples/, gt_video/, camera_data/)",
-                   positionals=("exp_dir",), flags=RUN_FLAGS, options=_options, check=fvd_variants)
+                   positionals=("exp_dir",), flags=RUN_FLAGS, check=fvd_variants,
+                   switches={**NO_AFFINE, "--fvd-only": ("skip pose estimation", {"poses": False})})
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -31,7 +31,8 @@ class Cfg:
 def _cmd(seen: list) -> Command:
     return Command(Cfg, lambda cfg, args: seen.append(cfg), "prog", "a test command", positionals=("src",),
                    flags={"--out": "out", "--n": "n", "--mode": "mode", "--names": "names",
-                          "--progress": "progress", "--steps": "inner.steps"})
+                          "--progress": "progress", "--steps": "inner.steps"},
+                   switches={"--quick": ("few fast steps", {"mode": "fast", "inner.steps": 1})})
 
 
 def test_precedence_defaults_preset_options_overrides(tmp_path):
@@ -46,6 +47,12 @@ def test_precedence_defaults_preset_options_overrides(tmp_path):
 def test_words_switches_and_lists_between_options():
     cfg, _ = _cmd([]).parse(["--no-progress", "x", "--names", "p", "q", "inner.steps=2", "--mode", "exact"])
     assert (cfg.src, cfg.progress, cfg.names, cfg.inner.steps, cfg.mode) == ("x", False, ["p", "q"], 2, "exact")
+
+
+def test_switch_sets_several_keys():
+    cfg, _ = _cmd([]).parse(["s", "--mode", "exact", "--quick"])
+    assert (cfg.mode, cfg.inner.steps) == ("fast", 1)
+    assert _cmd([]).parse(["s", "--quick", "inner.steps=4"])[0].inner.steps == 4  # key=value still last
 
 
 def test_override_like_words(tmp_path, monkeypatch):

@@ -63,7 +63,7 @@ def check_model_options(pb: Problems, tiny: bool, checkpoint: str, tokenizer: st
     if tokenizer:
         need_tokenizer(pb, tokenizer, "--tokenizer")
     if config:
-        check_backbone_preset(pb, config, "--config")
+        check_backbone_preset(pb, config, "--backbone")
     if plugin and not Path(plugin).exists():
         pb.add(f"--plugin {plugin!r}: no such file or folder",
                "give plugin.safetensors, a checkpoint folder or a run folder of python -m train")
