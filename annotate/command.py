@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import inspect
 import io
+import logging
 import os
 import re
 import sys
@@ -222,7 +223,9 @@ class Command:
     presets: str = "YAML preset of the config (keys as below)"  # help of --config
     options: Callable[[argparse.ArgumentParser], None] | None = None  # options outside the config (e.g. --check)
     defaults: Any = None  # the config whose values --help shows (default: the class defaults)
-    print_result: bool = True  # print a dict/list result of run() as JSON on stdout
+    print_result: bool = True  # print a dict/list result of run() as JSON on stdout (NaN/inf as null)
+    log_level: int = logging.WARNING  # logging level without -v (-v: INFO, -vv: DEBUG)
+    errors: tuple[type[BaseException], ...] = ()  # raised by run: reported in one ``error:`` line, exit 2
     load_preset: Callable[[str], dict] = read_yaml  # --config's file as a mapping
     check: Callable[[Any], Any] | None = None  # validates (and may complete) the resolved config
 
@@ -327,19 +330,21 @@ class Command:
         if args.print_config:
             print_config(cfg)
             return 0
-        setup_logging(args.verbose)
+        setup_logging(args.verbose, default=self.log_level)
         try:
             result = self.run(cfg, args)
         except PreflightError as e:
             return report(e)
-        except ConfigError as e:
+        except (ConfigError, *self.errors) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         if isinstance(result, dict | list):
             if self.print_result:
                 import json
 
-                print(json.dumps(result, indent=1, default=str))
+                from annotate.files import json_safe
+
+                print(json.dumps(json_safe(result, nonfinite_as_null=True), indent=1))
             return 0
         return int(result or 0)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from annotate.command import Command
 from eval.fvd import FVDConfig
+from eval.log import ERRORS, LOG_LEVEL
 from eval.pose_estimation import PoseEstimationConfig
 
 
@@ -30,21 +31,6 @@ def _json(obj: Any) -> str:
     from eval.run import _json_safe
 
     return json.dumps(_json_safe(obj), indent=1)
-
-
-def _reported(main: Callable[[Any], Any], cfg: Any, args: argparse.Namespace) -> tuple[int, Any]:
-    """(0, main(cfg)), or (2, None) after one ``error:`` line for a bad input (what the old parser did)."""
-    from annotate.preflight import PreflightError
-    from eval.log import setup_logging
-
-    setup_logging(bool(args.verbose))  # evaluation commands log INFO by default
-    try:
-        return 0, main(cfg)
-    except PreflightError:
-        raise  # Command.main reports it (exit 2)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2, None
 
 
 # ------------------------------------------------------------------------------------------------ camera-metrics
@@ -72,16 +58,10 @@ def camera_metrics_main(cfg: CameraMetricsConfig) -> dict[str, float]:
     return camera_metrics(pred.c2w, gt.c2w, cfg.pred_scale, cfg.gt_scale).as_dict()
 
 
-def _run_camera_metrics(cfg: CameraMetricsConfig, args: argparse.Namespace) -> int:
-    rc, m = _reported(camera_metrics_main, cfg, args)
-    if not rc:
-        print(_json(m))
-    return rc
-
-
 def camera_metrics_command() -> Command:
-    return Command(CameraMetricsConfig, _run_camera_metrics, "python -m eval camera-metrics",
-                   "RotErr/TransErr/CamMC between two camera files", positionals=("pred", "gt"))
+    return Command(CameraMetricsConfig, lambda cfg, args: camera_metrics_main(cfg), "python -m eval camera-metrics",
+                   "RotErr/TransErr/CamMC between two camera files", positionals=("pred", "gt"),
+                   log_level=LOG_LEVEL, errors=ERRORS)
 
 
 def cli_camera_metrics(argv: list[str] | None = None) -> int:
@@ -146,9 +126,7 @@ def estimate_poses_main(cfg: EstimatePosesConfig) -> list[dict[str, Any]]:
 
 
 def _run_estimate_poses(cfg: EstimatePosesConfig, args: argparse.Namespace) -> int:
-    rc, rows = _reported(estimate_poses_main, cfg, args)
-    if rc:
-        return rc
+    rows = estimate_poses_main(cfg)
     print(_json(rows))
     return 0 if any(r["ok"] for r in rows) else 1
 
@@ -158,7 +136,8 @@ def estimate_poses_command() -> Command:
 
     return Command(EstimatePosesConfig, _run_estimate_poses, "python -m eval estimate-poses",
                    "SIFT + GLOMAP trials of one video", positionals=("video", "camera"),
-                   flags={"--out": "out", "--with-poses": "with_poses", **POSE_FLAGS}, switches=NO_AFFINE)
+                   flags={"--out": "out", "--with-poses": "with_poses", **POSE_FLAGS}, switches=NO_AFFINE,
+                   log_level=LOG_LEVEL, errors=ERRORS)
 
 
 def cli_estimate_poses(argv: list[str] | None = None) -> int:
@@ -205,18 +184,12 @@ def fvd_main(cfg: FVDCommandConfig) -> dict[str, Any]:
                                                                              "num_fake": len(fake)}
 
 
-def _run_fvd(cfg: FVDCommandConfig, args: argparse.Namespace) -> int:
-    rc, res = _reported(fvd_main, cfg, args)
-    if not rc:
-        print(_json(res))
-    return rc
-
-
 def fvd_command() -> Command:
     from eval.run import FVD_FLAGS, fvd_variants
 
-    return Command(FVDCommandConfig, _run_fvd, "python -m eval fvd", "FVD between two folders of videos",
-                   positionals=("real", "fake"), flags=FVD_FLAGS, check=fvd_variants)
+    return Command(FVDCommandConfig, lambda cfg, args: fvd_main(cfg), "python -m eval fvd",
+                   "FVD between two folders of videos", positionals=("real", "fake"), flags=FVD_FLAGS,
+                   check=fvd_variants, log_level=LOG_LEVEL, errors=ERRORS)
 
 
 def cli_fvd(argv: list[str] | None = None) -> int:

@@ -27,7 +27,6 @@ for CI and smoke runs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -301,24 +300,11 @@ def main(cfg: GenerateConfig) -> dict:
     return run_generate(cfg)
 
 
-def _run(cfg: GenerateConfig, args: argparse.Namespace) -> int:
-    from annotate.preflight import PreflightError
-    from eval.log import setup_logging
-
-    setup_logging(bool(args.verbose))  # evaluation commands log INFO by default
-    try:
-        result = main(cfg)
-    except PreflightError:
-        raise  # Command.main reports it (exit 2)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=1))
-    return 0
-
-
 def command() -> Command:
-    return Command(GenerateConfig, _run, "python -m eval generate", __doc__.split("\n\n")[0], flags=FLAGS)
+    from eval.log import ERRORS, LOG_LEVEL
+
+    return Command(GenerateConfig, lambda cfg, args: main(cfg), "python -m eval generate", __doc__.split("\n\n")[0],
+                   flags=FLAGS, log_level=LOG_LEVEL, errors=ERRORS)
 
 
 def cli(argv: list[str] | None = None) -> int:

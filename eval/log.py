@@ -5,13 +5,9 @@ from __future__ import annotations
 import logging
 
 from annotate.log import get_logger, progress, progress_bar
-from annotate.log import setup_logging as _setup_logging
 
-__all__ = ["logger", "progress", "progress_bar", "setup_logging"]
+__all__ = ["ERRORS", "LOG_LEVEL", "logger", "progress", "progress_bar"]
 
 logger = get_logger("eval")
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """Evaluation commands log INFO by default (their progress lines), DEBUG with ``--verbose``."""
-    _setup_logging(2 if verbose else 0, default=logging.INFO)
+LOG_LEVEL = logging.INFO  # evaluation commands log INFO (their progress lines) without -v
+ERRORS = (ValueError, FileNotFoundError, RuntimeError)  # bad inputs: the commands print one ``error:`` line, exit 2

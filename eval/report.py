@@ -185,24 +185,16 @@ def main(cfg: ReportConfig) -> dict[str, Any]:
 
 
 def _run(cfg: ReportConfig, args: argparse.Namespace) -> int:
-    from annotate.preflight import PreflightError
-    from eval.log import setup_logging
-
-    setup_logging(bool(args.verbose))  # evaluation commands log INFO by default
-    try:
-        res = main(cfg)
-    except PreflightError:
-        raise  # Command.main reports it (exit 2)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    res = main(cfg)
     print((Path(cfg.out_dir) / "table.md").read_text())
     logger.info("%d plots in %s", len(res["plots"]), Path(cfg.out_dir) / "plots")
     return 0
 
 
 def command() -> Command:
-    return Command(ReportConfig, _run, "python -m eval report",
+    from eval.log import ERRORS, LOG_LEVEL
+
+    return Command(ReportConfig, _run, "python -m eval report", log_level=LOG_LEVEL, errors=ERRORS, description=
                    "Table-1 style Markdown/CSV and plots from results folders", positionals=("results",),
                    flags={"--out": "out_dir", "--names": "names", "--plots": "plots",
                           "--max-failures-listed": "max_failures_listed"})

@@ -405,17 +405,7 @@ def main(cfg: EvalRunConfig) -> dict[str, Any]:
 
 
 def _run(cfg: EvalRunConfig, args: argparse.Namespace) -> int:
-    from annotate.preflight import PreflightError
-    from eval.log import setup_logging
-
-    setup_logging(bool(args.verbose))  # evaluation commands log INFO by default
-    try:
-        summary = main(cfg)
-    except PreflightError:
-        raise  # Command.main reports it (exit 2)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    summary = main(cfg)
     summary.pop("config", None)
     print(json.dumps(_json_safe(summary), indent=1))
     n = summary.get("num_videos")
@@ -423,9 +413,12 @@ def _run(cfg: EvalRunConfig, args: argparse.Namespace) -> int:
 
 
 def command() -> Command:
+    from eval.log import ERRORS, LOG_LEVEL
+
     return Command(EvalRunConfig, _run, "python -m eval run", "evaluate EXP_DIR (samples/, gt_video/, camera_data/)",
                    positionals=("exp_dir",), flags=RUN_FLAGS, check=fvd_variants,
-                   switches={**NO_AFFINE, "--fvd-only": ("skip pose estimation", {"poses": False})})
+                   switches={**NO_AFFINE, "--fvd-only": ("skip pose estimation", {"poses": False})},
+                   log_level=LOG_LEVEL, errors=ERRORS)
 
 
 def cli(argv: list[str] | None = None) -> int:
