@@ -211,7 +211,7 @@ def _sequence(tp: Any) -> bool:
 @dataclass
 class Command:
     """A stage's command line: ``config`` (a dataclass) and ``run(cfg, args)``, which does the work (usually
-    ``main(cfg)``) and returns the exit code (None = 0) or a result that is printed as JSON."""
+    ``main(cfg)``) and returns the exit code, or a dict/list that is printed as JSON, or anything else (exit 0)."""
 
     config: type  # the stage's config dataclass
     run: Callable[[Any, argparse.Namespace], Any]
@@ -336,7 +336,7 @@ class Command:
         except PreflightError as e:
             return report(e)
         except (ConfigError, *self.errors) as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
             return 2
         if isinstance(result, dict | list):
             if self.print_result:
@@ -346,7 +346,7 @@ class Command:
 
                 print(json.dumps(json_safe(result, nonfinite_as_null=True), indent=1))
             return 0
-        return int(result or 0)
+        return result if type(result) is int else 0  # None or a result object the stage printed itself
 
 
 def dispatch(commands: dict[str, tuple[Callable[[list[str]], int], str]], argv: list[str] | None, prog: str,

@@ -305,11 +305,7 @@ def _check(cfg: ExtractConfig) -> ExtractConfig:
 
 
 def _run(cfg: ExtractConfig, args: argparse.Namespace) -> int:
-    try:
-        res = main(cfg)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    res = main(cfg)
     print(f"cut {res.ok} clip(s) ({res.frames} frames, largest timestamp error {res.max_error_us:.0f} us), "
           f"{res.failed} failed, {res.already_done} already cut, {res.without_video} without a downloaded video; "
           f"{res.seconds:.1f} s; log: {res.log}")
@@ -318,7 +314,7 @@ def _run(cfg: ExtractConfig, args: argparse.Namespace) -> int:
 
 def command() -> Command:
     return Command(ExtractConfig, _run, "python -m annotate extract", __doc__.split("\n\n")[0],
-                   positionals=("root",), flags=FLAGS, check=_check)
+                   positionals=("root",), flags=FLAGS, check=_check, errors=(OSError, ValueError))
 
 
 def cli(argv: list[str] | None = None) -> int:

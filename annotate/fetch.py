@@ -218,11 +218,7 @@ def _check(cfg: FetchConfig) -> FetchConfig:
 
 
 def _run(cfg: FetchConfig, args: argparse.Namespace) -> int:
-    try:
-        res = main(cfg)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    res = main(cfg)
     c = res.counts
     print(f"downloaded {c['ok']} video(s); {c['unavailable']} unavailable, {c['private']} private, "
           f"{c['error']} error(s); {res.skipped} already done or known gone; {res.seconds:.1f} s; log: {res.log}")
@@ -231,7 +227,7 @@ def _run(cfg: FetchConfig, args: argparse.Namespace) -> int:
 
 def command() -> Command:
     return Command(FetchConfig, _run, "python -m annotate fetch", __doc__.split("\n\n")[0], positionals=("root",),
-                   flags=FLAGS, check=_check)
+                   flags=FLAGS, check=_check, errors=(OSError, ValueError))
 
 
 def cli(argv: list[str] | None = None) -> int:

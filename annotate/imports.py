@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -172,11 +171,7 @@ def main(cfg: ColmapImportConfig | NerfstudioImportConfig) -> dict:
 
 
 def _run(cfg: ColmapImportConfig | NerfstudioImportConfig, args: argparse.Namespace) -> int:
-    try:
-        res = main(cfg)
-    except (ImportError_, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    res = main(cfg)
     print(f"wrote {res['camera_file']} and {res['frames']} frames; next: python -m annotate index {cfg.out_root} "
           "MANIFEST.csv")
     return 0
@@ -189,10 +184,11 @@ def command(kind: Literal["colmap", "nerfstudio"] = "colmap") -> Command:
         return Command(ColmapImportConfig, _run, "python -m annotate import-colmap", "A COLMAP model as a "
                        "RealEstate10K clip (camera file and timestamp-named frames).",
                        positionals=("model_dir", "out_root"),
-                       flags={"--images": "images", "--ignore-distortion": "ignore_distortion", **common})
+                       flags={"--images": "images", "--ignore-distortion": "ignore_distortion", **common},
+                       errors=(ImportError_, OSError))
     return Command(NerfstudioImportConfig, _run, "python -m annotate import-nerfstudio", "A nerfstudio "
                    "transforms.json as a RealEstate10K clip (camera file and timestamp-named frames).",
-                   positionals=("transforms", "out_root"), flags=common)
+                   positionals=("transforms", "out_root"), flags=common, errors=(ImportError_, OSError))
 
 
 def cli_colmap(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ Paths in the manifest are relative to its folder.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from dataclasses import dataclass, field
@@ -203,19 +202,10 @@ def _check(cfg: IndexConfig) -> IndexConfig:
     return cfg
 
 
-def _run(cfg: IndexConfig, args: argparse.Namespace) -> int:
-    try:
-        main(cfg)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
 def command() -> Command:
-    return Command(IndexConfig, _run, "python -m annotate index", __doc__.split("\n\n")[0],
+    return Command(IndexConfig, lambda cfg, args: main(cfg), "python -m annotate index", __doc__.split("\n\n")[0],
                    positionals=("root", "out_manifest"), flags={"--min-frame-fraction": "min_frame_fraction"},
-                   check=_check)
+                   check=_check, errors=(OSError, ValueError))
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -8,7 +8,6 @@ import argparse
 import sys
 
 from annotate.command import Command
-from annotate.config import ConfigError
 from annotate.job_config import CONFIG_DIR, JobConfig, JobError
 from annotate.manifest import ManifestError
 from annotate.preflight import Problems, need_depth_model, need_manifest, need_output_folder
@@ -44,12 +43,6 @@ def main(cfg: JobConfig) -> dict:
 def _run(cfg: JobConfig, args: argparse.Namespace) -> int:
     try:
         main(cfg)
-    except (ManifestError, ConfigError, JobError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # e.g. the disk filled up during the final pass: the errno text and the file
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"interrupted; finished clips are saved in {cfg.out}; rerun the same command to resume",
               file=sys.stderr)
@@ -60,7 +53,8 @@ def _run(cfg: JobConfig, args: argparse.Namespace) -> int:
 def command() -> Command:
     presets = ", ".join(f"annotate/configs/{c.name}" for c in sorted(CONFIG_DIR.glob("*.yaml")))
     return Command(JobConfig, _run, "python -m annotate run", DESCRIPTION, positionals=("manifest", "out"),
-                   flags=FLAGS, presets=f"YAML preset, e.g. {presets}")
+                   flags=FLAGS, presets=f"YAML preset, e.g. {presets}",
+                   errors=(ManifestError, JobError, OSError))  # OSError: e.g. a full disk, with errno text and file
 
 
 def cli(argv: list[str] | None = None) -> int:

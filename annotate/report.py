@@ -12,7 +12,6 @@ in manifest.json (one clip, seconds); ``report.md`` lists everything.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -295,18 +294,10 @@ def main(cfg: ReportConfig) -> Report:
     return report(cfg.out, cfg.clip or None, cfg.report_dir or None)
 
 
-def _run(cfg: ReportConfig, args: argparse.Namespace) -> int:
-    try:
-        main(cfg)
-    except (FileNotFoundError, KeyError, output.ShardError, ReportError) as e:
-        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
-        return 2
-    return 0
-
-
 def command() -> Command:
-    return Command(ReportConfig, _run, "python -m annotate report", __doc__.split("\n\n")[0], positionals=("out",),
-                   flags={"--clip": "clip", "--out": "report_dir"})
+    return Command(ReportConfig, lambda cfg, args: main(cfg), "python -m annotate report",
+                   __doc__.split("\n\n")[0], positionals=("out",), flags={"--clip": "clip", "--out": "report_dir"},
+                   errors=(FileNotFoundError, KeyError, output.ShardError, ReportError))
 
 
 def cli(argv: list[str] | None = None) -> int:
