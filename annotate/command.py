@@ -296,6 +296,8 @@ class Command:
     def resolve(self, args: argparse.Namespace, overrides: list[str] = ()) -> Any:
         """The config of parsed arguments: defaults < --config < options/words < key=value."""
         cfg = _blank(self.config)
+        if args.config and not os.path.isfile(args.config):
+            raise ConfigError(f"--config {args.config!r}: no such file ({self.presets})")
         if args.config:
             cfg = from_dict(self.config, self.load_preset(args.config), base=cfg)
         for dest, value in vars(args).items():

@@ -110,7 +110,8 @@ def test_help_of_every_command(capsys):
     assert "--backbone BACKBONE backbone preset or yaml" in text
     r = subprocess.run([sys.executable, "-m", "eval", "run", "--help"], capture_output=True, text=True, cwd=ROOT,
                        timeout=120)
-    assert r.returncode == 0 and "(default: SIMPLE_PINHOLE; sets pose.camera_model)" in " ".join(r.stdout.split()), r.stderr
+    text = " ".join(r.stdout.split())
+    assert r.returncode == 0 and "(default: SIMPLE_PINHOLE; sets pose.camera_model)" in text, r.stderr
     r = subprocess.run([sys.executable, "-m", "eval"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2 and "estimate-poses" in r.stderr
 

@@ -206,23 +206,19 @@ def test_sample_typo_and_missing_image_fail_before_loading(tmp_path):
 
 
 def test_sample_argument_errors_in_one_message(tmp_path, capsys):
-    from train.sample import main
+    from train.sample import cli as main
 
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as e:
-        main(["--trajectory", "orbit:angel=20", "--out", str(out), "--checkpoint", str(tmp_path / "none.ckpt"),
-              "--annotations", str(tmp_path)])
-    assert e.value.code == 2
+    assert main(["--trajectory", "orbit:angel=20", "--out", str(out), "--checkpoint", str(tmp_path / "none.ckpt"),
+                 "--annotations", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no condition image" in err and "--checkpoint" in err and "no --tokenizer" in err
     assert "apply to a RealEstate10K camera file only" in err  # --annotations with a preset
     assert f"--annotations '{tmp_path}' has no clips" in err
-    with pytest.raises(SystemExit):
-        main(["--tiny", "--image", str(tmp_path), "--trajectory", "traj/missing.txt", "--out", str(out)])
+    assert main(["--tiny", "--image", str(tmp_path), "--trajectory", "traj/missing.txt", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "is a folder, expected a file" in err and "--trajectory 'traj/missing.txt': no such file" in err
-    with pytest.raises(SystemExit):
-        main(["--tiny", "--image", str(tmp_path), "--trajectory", "orbit:angel=20", "--out", str(out)])
+    assert main(["--tiny", "--image", str(tmp_path), "--trajectory", "orbit:angel=20", "--out", str(out)]) == 2
     assert "preset orbit takes ['angle', 'radius'], got ['angel']" in capsys.readouterr().err
     assert not out.exists()
 
@@ -271,7 +267,9 @@ def test_annotate_run_preflight_lists_everything(tmp_path, capsys):
     assert main(["run", str(bad), str(out), "--config", str(tmp_path / "nope.yaml")]) == 2
     err = capsys.readouterr().err
     assert f"--config '{tmp_path / 'nope.yaml'}': no such file" in err and "annotate/configs/default.yaml" in err
-    assert "row 2 (clip_id 'bad id')" in err and "2 problems" in err
+    assert main(["run", str(bad), str(bad), "--config", str(ROOT / "annotate/configs/default.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "row 2 (clip_id 'bad id')" in err and "2 problems" in err and "OUT" in err
     assert main(["run", str(bad), str(out), "quantile=0.7", "shard_rowz=3"]) == 2
     err = capsys.readouterr().err
     assert "shard_rowz" in err and "shard_rows" in err
@@ -300,21 +298,22 @@ def test_help_lists_keys_types_defaults_choices():
 
 def test_plain_commands_show_defaults_and_presets(capsys):
     from annotate.__main__ import main as annotate_main
-    from eval.cli import build_parser as eval_parser
-    from train.sample import build_parser as sample_parser
+    from eval.generate import command as generate_command
+    from eval.run import command as run_command
+    from train.sample import command as sample_command
 
-    for cmd, needle in (("synth", "usage: python -m annotate synth "), ("fetch", "(default: False)")):
+    for cmd, needle in (("synth", "usage: python -m annotate synth "), ("fetch", "(default: false)")):
         with pytest.raises(SystemExit):
             annotate_main([cmd, "--help"])
         assert needle in " ".join(capsys.readouterr().out.split())
 
-    text = " ".join(sample_parser().format_help().split())  # argparse wraps at the terminal width
+    text = " ".join(sample_command().parser().format_help().split())  # argparse wraps at the terminal width
     for needle in ("--steps STEPS", "DDIM steps (default: 25)", "(default: 7.5)", "(default: 12333)",
                    "trajectory presets", "orbit:angle=30,radius=2", "zoom:factor=1.5", "dolly:distance=0.5"):
         assert needle in text, needle
-    sub = eval_parser()._subparsers._group_actions[0].choices
-    assert "first N clips in sorted order (0 = all) (default: 1000)" in " ".join(sub["generate"].format_help().split())
-    assert "(default: SIMPLE_PINHOLE)" in " ".join(sub["run"].format_help().split())
+    text = " ".join(generate_command().parser().format_help().split())
+    assert "first N clips in sorted order (0 = all) (default: 1000)" in text
+    assert "(default: SIMPLE_PINHOLE; sets pose.camera_model)" in " ".join(run_command().parser().format_help().split())
 
 
 def test_print_config_round_trips(tmp_path, capsys):

@@ -172,7 +172,10 @@ def _clip(ann: dict) -> dict:
 
 
 def test_camera_file_with_annotations_is_the_metric_trajectory(runs, train_annotations, scene, tmp_path):
-    from train.sample import main
+    from train.sample import command, main
+
+    def sample(argv):  # python -m train.sample ARGV, keeping main's result
+        return main(command().parse(argv)[0])
 
     img, _, depth = scene
     Image.fromarray(img).save(tmp_path / "in.png")
@@ -181,22 +184,25 @@ def test_camera_file_with_annotations_is_the_metric_trajectory(runs, train_annot
     common = ["--tiny", "--image", str(tmp_path / "in.png"), "--trajectory", str(clip["camera"]),
               "--plugin", str(runs["all"]), "--frames", str(F), "--height", str(S), "--width", str(S),
               "--steps", "2", "--frame-stride", "2", "--depth-file", str(tmp_path / "depth.npy"), "--no-progress"]
-    r = main([*common, "--annotations", str(train_annotations["annotation_dir"]), "--out", str(tmp_path / "a")])
+    r = sample([*common, "--annotations", str(train_annotations["annotation_dir"]), "--out", str(tmp_path / "a")])
     c2w_metric = np.asarray(clip["row"]["c2w_metric"], np.float64).reshape(-1, 4, 4)
     np.testing.assert_allclose(r["result"].c2w, c2w_metric[0:2 * F:2], atol=1e-6)  # what the plug-in was given
     assert r["settings"]["inputs"]["trajectory_units"].startswith("metres")
     # without a scale, a metric plug-in refuses the relative file and says what to give
     with pytest.raises(SystemExit, match="--annotations OUT .* or --trajectory-scale"):
-        main([*common, "--out", str(tmp_path / "b")])
+        sample([*common, "--out", str(tmp_path / "b")])
     # an explicit scale: the file's relative poses x S
-    r2 = main([*common, "--trajectory-scale", "2.5", "--out", str(tmp_path / "c")])
+    r2 = sample([*common, "--trajectory-scale", "2.5", "--out", str(tmp_path / "c")])
     rel = relative_to(w2c_to_c2w(read_camera_file(clip["camera"]).w2c), 0)[0:2 * F:2]
     np.testing.assert_allclose(r2["result"].c2w[:, :3, 3], 2.5 * rel[:, :3, 3], atol=1e-9)
     np.testing.assert_allclose(r2["result"].c2w[:, :3, :3], rel[:, :3, :3], atol=1e-9)
 
 
 def test_sample_cli_refuses_untrained_mode(runs, scene, tmp_path):
-    from train.sample import main
+    from train.sample import command, main
+
+    def sample(argv):  # python -m train.sample ARGV, keeping main's result
+        return main(command().parse(argv)[0])
 
     img, img2, depth = scene
     Image.fromarray(img).save(tmp_path / "a.png")
@@ -206,6 +212,6 @@ def test_sample_cli_refuses_untrained_mode(runs, scene, tmp_path):
             "--plugin", str(runs["basic"]), "--frames", str(F), "--height", str(S), "--width", str(S), "--steps", "2",
             "--depth-file", str(tmp_path / "depth.npy"), "--no-progress"]
     with pytest.raises(SystemExit, match="allow-untrained-mode"):
-        main([*args, "--out", str(tmp_path / "o1")])
-    r = main([*args, "--allow-untrained-mode", "--out", str(tmp_path / "o2")])
+        sample([*args, "--out", str(tmp_path / "o1")])
+    r = sample([*args, "--allow-untrained-mode", "--out", str(tmp_path / "o2")])
     assert r["settings"]["options"]["mode"] == "interp"
