@@ -278,6 +278,32 @@ class Command:
         p.epilog = keys_help(shown, "config keys (--print-config shows the resolved values)")
         return p
 
+    def command_line(self, cfg: Any) -> str:
+        """A command line that gives ``cfg``: the program, the words, and the options and ``key=value`` overrides
+        of every value that differs from the defaults (what a run records to be rerun)."""
+        import shlex
+
+        def get(obj: Any, key: str) -> Any:
+            for part in key.split("."):
+                obj = getattr(obj, part)
+            return obj
+
+        words = [self.prog] + [shlex.quote(str(get(cfg, k))) for k in self.positionals]
+        options = {k: o for o, k in self._flags().items()}
+        for d in describe(_blank(self.config)):
+            if d.key in self.positionals or get(cfg, d.key) == d.default:
+                continue
+            value, opt = get(cfg, d.key), options.get(d.key)
+            if opt is None or value is None:
+                words.append(shlex.quote(f"{d.key}={_show(value)}"))
+            elif isinstance(value, bool):
+                words.append(opt if value else "--no-" + opt[2:])
+            elif isinstance(value, list | tuple):
+                words += [opt, *(shlex.quote(str(v)) for v in value)]
+            else:
+                words += [opt, shlex.quote(str(value))]
+        return " ".join(words)
+
     # -------------------------------------------------------------------------------- resolve
     def split(self, p: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
         """(argv for argparse, the ``key=value`` overrides): a word is an override when it looks like

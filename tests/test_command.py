@@ -84,6 +84,15 @@ def test_main_runs_and_print_config_round_trips(tmp_path, capsys):
     assert _cmd([]).parse(["--config", str(printed)])[0] == seen[0]
 
 
+def test_command_line_gives_the_config_back():
+    import shlex
+
+    cfg, _ = _cmd([]).parse(["s p", "--n", "6", "--no-progress", "--names", "a", "b c", "inner.steps=9"])
+    line = _cmd([]).command_line(cfg)
+    assert line.startswith("prog 's p' ")
+    assert _cmd([]).parse(shlex.split(line)[1:])[0] == cfg
+
+
 def test_help_lists_keys_with_types_defaults_and_help():
     text = " ".join(_cmd([]).parser().format_help().split())
     for needle in ("src (str, required) input folder", "n (int, default: 4) how many",

@@ -8,9 +8,7 @@ given to ``--config`` is refused with that spelling instead of failing as an unr
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
-from typing import Any
 
 from annotate.config import ConfigError, read_yaml
 
@@ -42,32 +40,3 @@ def preset_reader(prog: str):
         return read_yaml(path)
 
     return read
-
-
-def command_line(command, cfg: Any) -> str:
-    """The command line that reproduces ``cfg``: the program and the options whose values differ from the
-    defaults (what settings.json records, whether the run came from the shell or from Python)."""
-    from annotate.command import _blank
-
-    def get(obj: Any, key: str) -> Any:
-        for part in key.split("."):
-            obj = getattr(obj, part)
-        return obj
-
-    base = _blank(command.config)
-    words = [command.prog]
-    for key in command.positionals:
-        words.append(shlex.quote(str(get(cfg, key))))
-    for opt, key in command._flags().items():
-        value, default = get(cfg, key), get(base, key)
-        if value == default:
-            continue
-        if isinstance(value, bool):
-            words.append(opt if value else "--no-" + opt[2:])
-        elif value is None:
-            words.append(f"{key}=null")
-        elif isinstance(value, list | tuple):
-            words += [opt, *(shlex.quote(str(v)) for v in value)]
-        else:
-            words += [opt, shlex.quote(str(value))]
-    return " ".join(words)

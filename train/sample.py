@@ -23,7 +23,6 @@ Writes to ``--out``: video.mp4, preview.mp4, mask.png, trajectory.txt (RealEstat
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import sys
@@ -177,8 +176,6 @@ def main(cfg: SampleConfig) -> dict:
     from train.inference.trajectory import continuation_trajectory, load_trajectory
     from train.preflight import check_sample
 
-    from .command_line import command_line
-
     check_sample(cfg).raise_if_any()  # before any model loads (minutes) and before --out is written
     t0 = time.time()
     model = load_model(cfg)
@@ -286,19 +283,11 @@ def main(cfg: SampleConfig) -> dict:
         "depth": {"file": cfg.depth_file, "model": None if cfg.depth_file else (cfg.depth_model or "default"),
                   "scene_depth_m": scene_depth, "points": result.cloud_size},
         "frames": frames, "fps": cfg.fps, "seconds": round(time.time() - t0, 2),
-        "command": command_line(command(), cfg),
+        "command": command().command_line(cfg),
     }
     paths = write_outputs(cfg.out, result, intr, hw, settings, stride=stride, fps=cfg.fps)
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return {"paths": paths, "result": result, "settings": settings}
-
-
-def _run(cfg: SampleConfig, args: argparse.Namespace) -> int:
-    from annotate.log import setup_logging
-
-    setup_logging(max(1, args.verbose))  # the run's steps at info, as always
-    main(cfg)
-    return 0
 
 
 def command():
@@ -308,9 +297,11 @@ def command():
 
     flags = {BACKBONE_FLAG if f.name == "config" else "--" + f.name.replace("_", "-"): f.name
              for f in dataclasses.fields(SampleConfig)}
-    return Command(SampleConfig, _run, "python -m train.sample", __doc__.split("\n\n")[0] + "\n\n" + trajectory_help(),
+    return Command(SampleConfig, lambda cfg, args: main(cfg), "python -m train.sample",
+                   __doc__.split("\n\n")[0] + "\n\n" + trajectory_help(),
                    flags=flags, presets="YAML preset of this command's keys (below), e.g. a --print-config output",
-                   load_preset=preset_reader("python -m train.sample"), print_result=False)
+                   load_preset=preset_reader("python -m train.sample"), print_result=False,
+                   log_level=logging.INFO)  # the run's steps at info, as always
 
 
 def cli(argv: list[str] | None = None) -> int:
