@@ -322,10 +322,14 @@ class Command:
     def resolve(self, args: argparse.Namespace, overrides: list[str] = ()) -> Any:
         """The config of parsed arguments: defaults < --config < options/words < key=value."""
         cfg = _blank(self.config)
-        if args.config and not os.path.isfile(args.config):
-            raise ConfigError(f"--config {args.config!r}: no such file ({self.presets})")
         if args.config:
-            cfg = from_dict(self.config, self.load_preset(args.config), base=cfg)
+            try:
+                data = self.load_preset(args.config)
+            except ConfigError as e:
+                if os.path.exists(args.config):
+                    raise
+                raise ConfigError(f"{e} (--config: {self.presets})") from None
+            cfg = from_dict(self.config, data, base=cfg)
         for dest, value in vars(args).items():
             if dest.startswith(_PREFIX):
                 _set(cfg, dest[len(_PREFIX):], value)

@@ -155,6 +155,8 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
 
 def read_yaml(path: str | Path) -> dict:
     """A YAML preset as a mapping, with errors that name the file."""
+    if not Path(path).exists():
+        raise ConfigError(f"config file {str(path)!r}: no such file")
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as e:

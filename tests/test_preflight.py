@@ -266,7 +266,7 @@ def test_annotate_run_preflight_lists_everything(tmp_path, capsys):
     bad.write_text("clip_id,split,pose_path,video_path\nok,train,a.txt,a.mp4\nbad id,train,b.txt,b.mp4\n")
     assert main(["run", str(bad), str(out), "--config", str(tmp_path / "nope.yaml")]) == 2
     err = capsys.readouterr().err
-    assert f"--config '{tmp_path / 'nope.yaml'}': no such file" in err and "annotate/configs/default.yaml" in err
+    assert f"config file '{tmp_path / 'nope.yaml'}': no such file" in err and "annotate/configs/default.yaml" in err
     assert main(["run", str(bad), str(bad), "--config", str(ROOT / "annotate/configs/default.yaml")]) == 2
     err = capsys.readouterr().err
     assert "row 2 (clip_id 'bad id')" in err and "2 problems" in err and "OUT" in err
