@@ -138,3 +138,34 @@ def test_sampler_shards_disjoint_and_resumes():
     assert list(fresh) == keys[0][2:]
     s.advance()
     assert s.state_dict() == {"epoch": 1, "position": 0} and list(s) != keys[0]
+
+
+def test_uint8_samples_scale_to_the_float_samples_exactly(data_cfg):
+    from train.data import collate, to_unit_range
+
+    flt = CameraVideoDataset(data_cfg, train=True, seed=4)
+    u8 = CameraVideoDataset(data_cfg, train=True, seed=4, uint8=True)
+    for key in ((0, 0), (1, 3)):
+        a, b = flt[key], u8[key]
+        assert b["video"].dtype == torch.uint8 and b["video"].shape == a["video"].shape
+        assert torch.equal(to_unit_range(b["video"]), a["video"])  # the trainer's scaling: the same floats
+        assert torch.equal(b["c2w"], a["c2w"]) and torch.equal(b["frame_indices"], a["frame_indices"])
+    batch = collate([u8[(0, 0)], u8[(0, 1)]])
+    assert batch["video"].is_contiguous() and batch["video"].dtype == torch.uint8
+    ref = collate([flt[(0, 0)], flt[(0, 1)]])["video"]
+    assert torch.equal(to_unit_range(batch["video"]), ref) and to_unit_range(ref) is ref  # floats pass through
+
+
+def test_bench_train_print_config_round_trip(tmp_path, capsys):
+    from train.bench_train import cli, command
+
+    argv = ["--config", "train/configs/tiny.yaml", "run.batch_size=2", "--loader-gop", "30", "loader_crf=18",
+            "--loader-only"]
+    cfg, _ = command().parse(argv)
+    assert (cfg.train_config, cfg.overrides, cfg.loader_gop, cfg.loader_crf, cfg.loader_only) == \
+        ("train/configs/tiny.yaml", ["run.batch_size=2"], 30, 18, True)  # foreign keys: training overrides
+    assert cli([*argv, "--print-config"]) == 0
+    (tmp_path / "bench.yaml").write_text(capsys.readouterr().out)
+    assert command().parse(["--config", str(tmp_path / "bench.yaml")])[0] == cfg
+    assert cli(["--print-config", "run.batch_sise=2"]) == 2  # a mistyped key fails before anything runs
+    assert "run.batch_sise" in capsys.readouterr().err

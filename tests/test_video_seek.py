@@ -122,3 +122,25 @@ def test_folders_and_chunks_read_only_wanted_frames(tmp_path):
     # the loaded chunk is kept for the next read, but a rewritten chunk is read again
     torch.save([{"key": "clipA", "images": blobs[::-1][:N - 1]}], tmp_path / "000000.torch")  # another size
     assert [drawn_index(f) for f in read_frames(chunk, [0, 1])] == [N - 1, N - 2]
+
+
+def test_pixels_are_ffmpegs_rgb_conversion(video):
+    """The reader's one-scaler, one-thread RGB conversion gives PyAV's ``to_ndarray(format="rgb24")`` pixels."""
+    with av.open(str(video)) as c:
+        ref = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    assert np.array_equal(read_frames(video), ref)
+    assert np.array_equal(read_frames(video, [3, 11, 19]), ref[[3, 11, 19]])
+
+
+def test_long_runs_of_non_reference_b_frames(tmp_path):
+    """Clips written with b-pyramid=none and up to 7 B-frames (none of them a reference: the encoding that
+    decodes fewest pictures per sample) read the same frames by seeking as by a full decode."""
+    from annotate.video import write_video
+
+    path = tmp_path / "nopyr.mp4"
+    write_video(path, np.stack([drawn(i) for i in range(N)]), crf=18, gop=30, x264_params="b-pyramid=none:bframes=7")
+    full = read_frames(path)
+    assert [drawn_index(f) for f in full] == list(range(N))
+    for idx in INDEX_SETS:
+        assert _seek_frames(path, set(idx)) is not None
+        assert np.array_equal(read_frames(path, idx), full[idx]), idx

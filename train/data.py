@@ -7,6 +7,8 @@ One sample = ``frames`` frames of a kept clip (status ok, keep true) of one spli
   decoder thread since the loader runs one worker process per core), resized keeping the aspect ratio and
   centre-cropped to (height, width) by :func:`annotate.images.resize_crop` (bilinear, antialiased: the one
   resize inference uses too), intrinsics by :class:`ResizeCrop` (the authors' ``_resize_for_rectangle_crop`` rule);
+  ``video`` is float [3, F, H, W] in [-1, 1], or uint8 with ``uint8=True`` (the trainer's training set: the
+  worker skips the float conversion, :func:`to_unit_range` scales it on the GPU, to the same values);
 - condition frame uniform over the sampled frames (training, ``rand_cond_frame``) or frame 0;
 - cameras: c2w relative to the condition frame, translations multiplied by the scale of ``scale_source``:
   ``condition_frame`` = ``frame_scale`` of the condition frame (as the released RealCam-I2V code); when that is
@@ -126,16 +128,27 @@ def read_sample_frames(path: str, indices: list[int]) -> np.ndarray:
     return read_frames(path, indices, threads=1)
 
 
-def to_model_video(frames: np.ndarray, out_hw: tuple[int, int]) -> tuple[torch.Tensor, ResizeCrop]:
-    """uint8 [F, H0, W0, 3] -> float [3, F, H, W] in [-1, 1] (x / 127.5 - 1, as inference), and the plan."""
+def to_unit_range(video: torch.Tensor) -> torch.Tensor:
+    """The model's pixel range: uint8 -> float [-1, 1] (x / 127.5 - 1, as inference), on whatever device the video
+    is (the trainer scales its uint8 batches on the GPU); a float video is already in it and is returned as it is."""
+    if video.dtype != torch.uint8:
+        return video
+    return video.float().div_(127.5).sub_(1.0)
+
+
+def to_model_video(frames: np.ndarray, out_hw: tuple[int, int], uint8: bool = False) -> tuple[torch.Tensor, ResizeCrop]:
+    """uint8 [F, H0, W0, 3] -> [3, F, H, W] and the plan: float in [-1, 1] (:func:`to_unit_range`), or with ``uint8``
+    the resized uint8 pixels as a view (the collate's stack makes the batch contiguous; no float in the worker)."""
     small, plan = resize_crop(frames, out_hw)  # uint8 in, uint8 out: the same pixels inference gets
-    return torch.from_numpy(np.ascontiguousarray(small.transpose(3, 0, 1, 2))).float().div_(127.5).sub_(1.0), plan
+    video = torch.from_numpy(small).permute(3, 0, 1, 2)
+    return (video if uint8 else to_unit_range(video.contiguous())), plan
 
 
 class CameraVideoDataset(Dataset):
     def __init__(self, cfg: DataConfig, split: str | None = None, train: bool = True, seed: int = 0,
-                 clips: list[dict] | None = None, modes: str | dict = "basic=1.0"):
+                 clips: list[dict] | None = None, modes: str | dict = "basic=1.0", uint8: bool = False):
         self.cfg, self.train, self.seed = cfg, train, seed
+        self.uint8 = uint8  # "video" as uint8 [0, 255] (the trainer scales it on its device) instead of [-1, 1]
         probs = parse_modes(modes) if train else {"basic": 1.0}
         self.mode_ids = np.array([MODE_NAMES.index(m) for m in probs])
         self.mode_probs = np.array(list(probs.values()))
@@ -182,7 +195,7 @@ class CameraVideoDataset(Dataset):
             if mode == CONTINUATION:
                 num_given = int(rng.integers(1, max(1, cfg.frames // 2) + 1))
         frames = self.read(clip["video_path"], idx.tolist())  # only these frames are decoded (seek + early stop)
-        video, plan = to_model_video(frames, (cfg.height, cfg.width))
+        video, plan = to_model_video(frames, (cfg.height, cfg.width), self.uint8)
         scale = condition_scale(clip, int(idx[cond]), cfg.scale_source)
         c2w = scale_translation(relative_to(w2c_to_c2w(clip["w2c"][idx]), cond), scale)
         return {

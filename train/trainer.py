@@ -45,7 +45,7 @@ from .build import build_backbone, build_plugin, dropout_off, freeze
 from .camera import CameraControlledUNet, count_parameters
 from .camera.modes import concat_condition, plugin_metadata
 from .config import TrainConfig, ValidationConfig
-from .data import CameraVideoDataset, ResumableSampler, collate
+from .data import CameraVideoDataset, ResumableSampler, collate, to_unit_range
 from .run_folder import (  # noqa: F401 - find_checkpoint, intact_checkpoint, verify_checkpoint: re-exported
     CKPT_RE,
     PLUGIN_FILE,
@@ -184,7 +184,8 @@ class Trainer:
     def _build_data(self) -> None:
         """Datasets and our own rank-sharded resumable sampler (not prepared, so the order is exactly ours)."""
         cfg, acc = self.cfg, self.accelerator
-        self.train_set = CameraVideoDataset(cfg.data, train=True, seed=cfg.run.seed, modes=cfg.modes)
+        # uint8 training videos: the loader workers skip the float conversion, _encode scales on the device
+        self.train_set = CameraVideoDataset(cfg.data, train=True, seed=cfg.run.seed, modes=cfg.modes, uint8=True)
         self.val_set = CameraVideoDataset(cfg.data, train=False, seed=cfg.run.seed)
         if len(self.train_set) == 0:
             raise RuntimeError(f"no kept clips of split {cfg.data.split!r} in {cfg.data.annotation_dir}")
@@ -314,7 +315,7 @@ class Trainer:
         """Frozen encoders per sample (through the cache when enabled): VAE posterior moments, CLIP image tokens
         of the condition frame, text embedding."""
         bb, acc = self.backbone, self.accelerator
-        video = batch["video"].to(acc.device, self.weight_dtype)
+        video = to_unit_range(batch["video"].to(acc.device)).to(self.weight_dtype)  # uint8 (training) or [-1, 1]
         b, _, f, h, w = video.shape
         keys, out = [None] * b, [None] * b
         if self.cache is not None:
