@@ -196,6 +196,12 @@ def _blank(cls: type) -> Any:
                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING})
 
 
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def _set(cfg: Any, key: str, value: Any) -> None:
     *path, leaf = key.split(".")
     obj = cfg
@@ -283,17 +289,12 @@ class Command:
         of every value that differs from the defaults (what a run records to be rerun)."""
         import shlex
 
-        def get(obj: Any, key: str) -> Any:
-            for part in key.split("."):
-                obj = getattr(obj, part)
-            return obj
-
-        words = [self.prog] + [shlex.quote(str(get(cfg, k))) for k in self.positionals]
+        words = [self.prog] + [shlex.quote(str(_get(cfg, k))) for k in self.positionals]
         options = {k: o for o, k in self._flags().items()}
         for d in describe(_blank(self.config)):
-            if d.key in self.positionals or get(cfg, d.key) == d.default:
+            if d.key in self.positionals or _get(cfg, d.key) == d.default:
                 continue
-            value, opt = get(cfg, d.key), options.get(d.key)
+            value, opt = _get(cfg, d.key), options.get(d.key)
             if opt is None or value is None:
                 words.append(shlex.quote(f"{d.key}={_show(value)}"))
             elif isinstance(value, bool):
@@ -335,6 +336,8 @@ class Command:
                 _set(cfg, dest[len(_PREFIX):], value)
         apply_overrides(cfg, list(overrides))
         missing = [d.key for d in describe(cfg) if d.required and getattr(cfg, d.key.split(".")[0]) is None]
+        if not getattr(args, "print_config", False):  # a word left empty (a default of "") is missing too
+            missing += [k for k in self.positionals if k not in missing and _get(cfg, k) in ("", None, [], ())]
         if missing:
             names = {k: o for o, k in self._flags().items()}
             how = [names.get(k) or (k.upper() if k in self.positionals else f"{k}=...") for k in missing]

@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 from annotate.command import Command
-from annotate.config import ConfigError
 from annotate.files import atomic_write_text
 from annotate.index import camera_dirs
 from annotate.log import get_logger, progress_bar
@@ -298,12 +297,6 @@ def main(cfg: ExtractConfig) -> ExtractResult:
     return extract(cfg.root, cfg)
 
 
-def _check(cfg: ExtractConfig) -> ExtractConfig:
-    if not cfg.root:
-        raise ConfigError("python -m annotate extract: missing ROOT")
-    return cfg
-
-
 def _run(cfg: ExtractConfig, args: argparse.Namespace) -> int:
     res = main(cfg)
     print(f"cut {res.ok} clip(s) ({res.frames} frames, largest timestamp error {res.max_error_us:.0f} us), "
@@ -314,7 +307,7 @@ def _run(cfg: ExtractConfig, args: argparse.Namespace) -> int:
 
 def command() -> Command:
     return Command(ExtractConfig, _run, "python -m annotate extract", __doc__.split("\n\n")[0],
-                   positionals=("root",), flags=FLAGS, check=_check, errors=(OSError, ValueError))
+                   positionals=("root",), flags=FLAGS, errors=(OSError, ValueError))
 
 
 def cli(argv: list[str] | None = None) -> int:

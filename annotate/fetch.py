@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from annotate.command import Command
-from annotate.config import ConfigError
 from annotate.extract import VIDEO_SUFFIXES, find_video
 from annotate.files import atomic_write_text
 from annotate.index import camera_dirs, first_line
@@ -211,12 +210,6 @@ def main(cfg: FetchConfig) -> FetchResult:
     return fetch(cfg.root, cfg)
 
 
-def _check(cfg: FetchConfig) -> FetchConfig:
-    if not cfg.root:
-        raise ConfigError("python -m annotate fetch: missing ROOT")
-    return cfg
-
-
 def _run(cfg: FetchConfig, args: argparse.Namespace) -> int:
     res = main(cfg)
     c = res.counts
@@ -227,7 +220,7 @@ def _run(cfg: FetchConfig, args: argparse.Namespace) -> int:
 
 def command() -> Command:
     return Command(FetchConfig, _run, "python -m annotate fetch", __doc__.split("\n\n")[0], positionals=("root",),
-                   flags=FLAGS, check=_check, errors=(OSError, ValueError))
+                   flags=FLAGS, errors=(OSError, ValueError))
 
 
 def cli(argv: list[str] | None = None) -> int:

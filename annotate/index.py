@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from annotate.command import Command
-from annotate.config import ConfigError
 from annotate.files import atomic_write_text
 from annotate.layouts import CHUNK_SUFFIX, iter_chunk_clips, match_frame_folder
 from annotate.log import get_logger
@@ -195,17 +194,10 @@ def main(cfg: IndexConfig) -> IndexResult:
     return index(cfg.root, cfg.out_manifest, cfg=cfg)
 
 
-def _check(cfg: IndexConfig) -> IndexConfig:
-    missing = [w for w, v in (("ROOT", cfg.root), ("OUT_MANIFEST", cfg.out_manifest)) if not v]
-    if missing:
-        raise ConfigError(f"python -m annotate index: missing {', '.join(missing)}")
-    return cfg
-
-
 def command() -> Command:
     return Command(IndexConfig, lambda cfg, args: main(cfg), "python -m annotate index", __doc__.split("\n\n")[0],
                    positionals=("root", "out_manifest"), flags={"--min-frame-fraction": "min_frame_fraction"},
-                   check=_check, errors=(OSError, ValueError))
+                   errors=(OSError, ValueError))
 
 
 def cli(argv: list[str] | None = None) -> int:
