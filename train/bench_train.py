@@ -226,14 +226,23 @@ def _preset(path: str) -> dict:
 
 
 class _Command(Command):
-    """Words ``key=value`` whose key is not this command's are training overrides (the ``overrides`` words), as
+    """Words ``key=value`` whose key is not this command's are training overrides (appended to ``overrides``), as
     before the convention; annotate.command has no pass-through of foreign keys, hence this local split."""
+
+    foreign: list[str]
 
     def split(self, p: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
         words, overrides = super().split(p, argv)
         own = {d.key for d in describe(BenchTrainConfig())}
-        mine = [o for o in overrides if o.split("=", 1)[0] in own]
-        return words + [o for o in overrides if o not in mine], mine
+        self.foreign = [o for o in overrides if o.split("=", 1)[0] not in own]
+        return words, [o for o in overrides if o.split("=", 1)[0] in own]
+
+    def parse(self, argv: list[str] | None = None) -> tuple[BenchTrainConfig, argparse.Namespace]:
+        cfg, args = super().parse(argv)
+        if self.foreign:
+            cfg.overrides = [*cfg.overrides, *self.foreign]
+            cfg = _check(cfg)
+        return cfg, args
 
 
 def _check(cfg: BenchTrainConfig) -> BenchTrainConfig:
@@ -251,7 +260,7 @@ def command() -> Command:
              "--loader-rounds": "loader_rounds", "--loader-gop": "loader_gop", "--loader-crf": "loader_crf",
              "--loader-x264-params": "loader_x264_params", "--loader-only": "loader_only"}
     return _Command(BenchTrainConfig, lambda cfg, args: main(cfg), "python -m train.bench_train", __doc__,
-                    positionals=("overrides",), flags=flags, print_result=False, load_preset=_preset, check=_check,
+                    flags=flags, print_result=False, load_preset=_preset, check=_check,
                     presets="training preset of the timed steps (train/configs/*.yaml; sets train_config), "
                             "or this command's --print-config output")
 
