@@ -31,9 +31,8 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Literal
 
 import numpy as np
@@ -45,6 +44,7 @@ from annotate.files import atomic_write_text
 from annotate.re10k import write_camera_data_file
 from annotate.video import write_video
 from eval.log import logger, progress
+from train.inference.model import ModelConfig, command_flags
 
 SUBDIRS = ("samples", "gt_video", "camera_data")
 
@@ -54,11 +54,9 @@ class GenerateConfig:
     out_dir: str  # experiment folder (what `eval run` reads)
     annotation_dir: str  # annotation folder (clips/*.parquet)
     manifest: str  # the annotation job's manifest (clip_id -> video_path)
-    checkpoint: str = ""  # DynamiCrafter model.ckpt / .safetensors / converted folder ("" only with tiny)
-    plugin: str = ""  # plugin.safetensors, checkpoint or run folder; "" = backbone only (tiny: a fresh RealCam one)
-    config: str = ""  # backbone preset or yaml ("" = detected)
-    tokenizer: str = ""  # CLIP tokenizer folder (vocab.json, merges.txt)
-    tiny: bool = False  # random tiny backbone + fresh plug-in (CI, smoke runs)
+    # the backbone and plug-in (train/inference/model.py); eval's difference: with tiny and no plugin, a fresh
+    # (identity) RealCam plug-in at the tiny model's size instead of the backbone alone
+    model: ModelConfig = field(default_factory=ModelConfig)
     split: str = "test"  # split of the annotation folder to evaluate
     limit: int = 1000  # first N clips in sorted order (0 = all)
     clips: str = ""  # file with clip ids, one per line (that order); overrides the sorted order
@@ -79,8 +77,6 @@ class GenerateConfig:
     depth_model: str = ""  # Depth Anything V2 metric hub id or folder ("" = annotate.depth.DEFAULT_MODEL)
     batch_size: int = 4  # clips per DDIM run
     seed: int = 12333  # sampling seed
-    device: str = "auto"  # auto: cuda (this process's LOCAL_RANK) when available, else cpu
-    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on the CPU
     fps: float = 8.0  # fps of the written videos
     show_progress: bool = True  # progress bar
 
@@ -113,21 +109,13 @@ def is_done(out: Path, name: str) -> bool:
 
 
 def _load_model_and_plugin(cfg: GenerateConfig):
-    from train.sample import load_model
+    """train.sample's model and plug-in (device auto: this process's GPU under accelerate launch / torchrun);
+    with tiny and no plug-in a fresh RealCam one."""
+    from train.inference.model import load_model, load_plugin
 
-    device = cfg.device
-    if device == "auto" and torch.cuda.is_available():  # one GPU per process under accelerate launch / torchrun
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    args = SimpleNamespace(device=device, tiny=cfg.tiny, config=cfg.config or None, out=cfg.out_dir,
-                           tiny_seed=0, checkpoint=cfg.checkpoint or None, tokenizer=cfg.tokenizer or None,
-                           dtype=cfg.dtype)
-    model = load_model(args)
-    plugin = None
-    if cfg.plugin:
-        from train.inference.plugin import load_camera_plugin
-
-        plugin = load_camera_plugin(model, cfg.plugin)
-    elif cfg.tiny:  # a fresh RealCam plug-in: zero-initialised, so the backbone's output, through every code path
+    model = load_model(cfg.model, cfg.out_dir)
+    plugin = load_plugin(model, cfg.model)
+    if plugin is None and cfg.model.tiny:  # zero-initialised: the backbone's output, through every code path
         from train.camera import CameraPlugin
         from train.config import CameraConfig
 
@@ -138,7 +126,7 @@ def _load_model_and_plugin(cfg: GenerateConfig):
 
 
 def _depth_source(cfg: GenerateConfig, model):
-    mode = cfg.depth if cfg.depth != "auto" else ("manifest" if cfg.tiny else "model")
+    mode = cfg.depth if cfg.depth != "auto" else ("manifest" if cfg.model.tiny else "model")
     if mode not in ("model", "manifest"):
         raise ValueError(f"--depth must be model, manifest or auto, got {cfg.depth!r}")
     if mode == "manifest":
@@ -219,8 +207,8 @@ def run_generate(cfg: GenerateConfig) -> dict:
         (out / sub).mkdir(parents=True, exist_ok=True)
     model, plugin = _load_model_and_plugin(cfg)
     s = model.cfg.sampling
-    hw = (cfg.height or (s.height if cfg.tiny else 256), cfg.width or (s.width if cfg.tiny else 256))
-    steps = cfg.steps or (s.steps if cfg.tiny else 25)
+    hw = (cfg.height or (s.height if cfg.model.tiny else 256), cfg.width or (s.width if cfg.model.tiny else 256))
+    steps = cfg.steps or (s.steps if cfg.model.tiny else 25)
     scale_source = getattr(plugin, "scale_source", "relative") if plugin is not None else "relative"
     data = DataConfig(annotation_dir=cfg.annotation_dir, manifest=cfg.manifest, split=cfg.split, val_split=cfg.split,
                       captions=cfg.captions, frames=cfg.frames, height=hw[0], width=hw[1], val_stride=cfg.stride,
@@ -287,9 +275,8 @@ def _uint8_frame0(sample: dict) -> np.ndarray:
 
 # The historical option names; every other field is --its-name. The backbone preset's option is
 # --backbone (as train.sample): --config is every command's YAML preset of the config itself (annotate/command.py).
-RENAMED = {"out_dir": "--out", "annotation_dir": "--annotations", "cfg_scale": "--cfg", "config": "--backbone",
-           "show_progress": "--progress"}
-FLAGS = {RENAMED.get(f.name, "--" + f.name.replace("_", "-")): f.name for f in fields(GenerateConfig)}
+RENAMED = {"out_dir": "--out", "annotation_dir": "--annotations", "cfg_scale": "--cfg", "show_progress": "--progress"}
+FLAGS = command_flags(GenerateConfig, RENAMED)  # the model's: --checkpoint, --backbone, ... (model.*)
 
 
 def main(cfg: GenerateConfig) -> dict:

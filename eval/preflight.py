@@ -26,14 +26,14 @@ def check_generate(cfg) -> Problems:
     need_output_folder(pb, cfg.out_dir, "--out")
     need_annotation_dir(pb, cfg.annotation_dir, "--annotations")
     need_manifest(pb, cfg.manifest, "--manifest")
-    check_model_options(pb, cfg.tiny, cfg.checkpoint, cfg.tokenizer, cfg.config, cfg.plugin)
+    check_model_options(pb, cfg.model)
     if cfg.clips:
         need_file(pb, cfg.clips, "--clips", "a text file of clip ids, one a line")
     if cfg.captions:
         need_file(pb, cfg.captions, "--captions", f"a CSV or JSON of captions ({ASSETS})", (".csv", ".json"))
     if cfg.camera_cfg != 1.0:
         pb.add("camera CFG other than 1.0 is not implemented (the paper's evaluation uses 1.0)", "drop --camera-cfg")
-    if cfg.depth == "model" or (cfg.depth == "auto" and not cfg.tiny):
+    if cfg.depth == "model" or (cfg.depth == "auto" and not cfg.model.tiny):
         need_depth_model(pb, cfg.depth_model, "--depth-model")
     return pb
 

@@ -34,8 +34,8 @@ CASES = {
     "generate": (generate.command,
                  ["--out", "exp", "--annotations", "ann", "--manifest", "m.csv", "--tiny", "--limit", "3",
                   "--cfg", "5", "--no-progress", "--backbone", "tiny", "--noise-shaping", "on", "steps=4"],
-                 {"out_dir": "exp", "annotation_dir": "ann", "manifest": "m.csv", "tiny": True, "limit": 3,
-                  "cfg_scale": 5.0, "show_progress": False, "config": "tiny", "noise_shaping": "on", "steps": 4,
+                 {"out_dir": "exp", "annotation_dir": "ann", "manifest": "m.csv", "model.tiny": True, "limit": 3,
+                  "cfg_scale": 5.0, "show_progress": False, "model.config": "tiny", "noise_shaping": "on", "steps": 4,
                   "stride": 8, "seed": 12333}),
     "run": (run.command,
             ["exp", "--out", "res", "--trials", "1", "--no-affine", "--no-progress", "--fvd-only", "--limit", "2",
@@ -86,8 +86,8 @@ def test_defaults_are_the_historical_ones():
     assert r.fvd.variants == () and r.fvd.batch_size == 16 and r.fvd.device == "auto" and r.fvd.method == "svd"
     assert r.depth_model is None and r.depth_device == "auto" and r.ray.address == "" and r.show_progress
     g, _ = generate.command().parse(["--out", "e", "--annotations", "a", "--manifest", "m"])
-    assert (g.limit, g.frames, g.stride, g.cfg_scale, g.batch_size, g.seed, g.config, g.show_progress) == \
-        (1000, 16, 8, 7.5, 4, 12333, "", True)
+    assert (g.limit, g.frames, g.stride, g.cfg_scale, g.batch_size, g.seed, g.model.config, g.show_progress) == \
+        (1000, 16, 8, 7.5, 4, 12333, None, True)
 
 
 def test_errors_are_one_line_exit_2(capsys):

@@ -261,14 +261,16 @@ def test_cli_with_depth_model_interpolation(tmp_path, scene, tiny_depth_model):
 def test_print_config_round_trips(tmp_path, capsys):
     """--print-config's YAML loads back with --config to the same config; a backbone preset given to --config
     (its meaning before the generated command line) is refused with the new spelling, --backbone."""
+    from train.inference.model import ModelConfig
     from train.sample import SampleConfig, cli, command
 
     argv = ["--tiny", "--image", "a.png", "--trajectory", "orbit:angle=15", "--no-progress", "--frames", "4",
             "--backbone", "tiny", "--out", str(tmp_path / "o"), "cfg=3", "--trajectory-scale", "2"]
     assert cli([*argv, "--print-config"]) == 0
     (tmp_path / "c.yaml").write_text(capsys.readouterr().out)
-    want = SampleConfig(out=str(tmp_path / "o"), image="a.png", trajectory="orbit:angle=15", tiny=True,
-                        progress=False, frames=4, config="tiny", cfg=3.0, trajectory_scale=2.0)
+    want = SampleConfig(out=str(tmp_path / "o"), image="a.png", trajectory="orbit:angle=15",
+                        model=ModelConfig(tiny=True, config="tiny"), progress=False, frames=4, cfg=3.0,
+                        trajectory_scale=2.0)
     assert command().parse(argv)[0] == want
     assert command().parse(["--config", str(tmp_path / "c.yaml")])[0] == want
     assert cli(["--out", str(tmp_path / "o"), "--config", "256"]) == 2

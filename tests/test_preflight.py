@@ -242,7 +242,7 @@ def test_eval_generate_and_run_preflight(small_assets, tmp_path, capsys):
     assert main(["generate", "--out", str(out), "--annotations", str(small_assets["annotation_dir"]),
                  "--manifest", str(small_assets["manifest"]), "--tiny", "--limit", "3", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["limit"] == 3 and printed["tiny"] is True and printed["out_dir"] == str(out)
+    assert printed["limit"] == 3 and printed["model"]["tiny"] is True and printed["out_dir"] == str(out)
     assert not out.exists()
 
     res = tmp_path / "results"

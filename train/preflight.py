@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from annotate.preflight import (
     need_output_folder,
     need_tokenizer,
 )
+
+if TYPE_CHECKING:
+    from train.inference.model import ModelConfig
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".safetensors")
 ASSETS = "train/assets.md"
@@ -47,25 +51,25 @@ def check_checkpoint(problems: Problems, path: str, key: str) -> bool:
     return need_file(problems, p, key, fix, CHECKPOINT_SUFFIXES)
 
 
-def check_model_options(pb: Problems, tiny: bool, checkpoint: str, tokenizer: str, config: str, plugin: str) -> None:
-    """The model options that sampling commands share (train.sample, eval generate): --tiny or a checkpoint (with
-    a tokenizer unless it is a converted folder), a backbone preset, a plug-in."""
-    if tiny:
+def check_model_options(pb: Problems, model: ModelConfig) -> None:
+    """The model options that sampling commands share (train.sample, the editor, eval generate): --tiny or a
+    checkpoint (with a tokenizer unless it is a converted folder), a backbone preset, a plug-in."""
+    if model.tiny:
         pass
-    elif not checkpoint:
+    elif not model.checkpoint:
         pb.add("no --checkpoint", f"give --checkpoint pretrained/DynamiCrafter/model.ckpt ({ASSETS}) or --tiny "
                "for the random test model")
     else:
-        check_checkpoint(pb, checkpoint, "--checkpoint")
-        if not tokenizer and not Path(checkpoint).is_dir():
+        check_checkpoint(pb, model.checkpoint, "--checkpoint")
+        if not model.tokenizer and not Path(model.checkpoint).is_dir():
             pb.add("no --tokenizer: the backbone's text encoder needs the CLIP tokenizer",
                    f"give --tokenizer pretrained/open_clip_tokenizer ({ASSETS}, 'CLIP tokenizer')")
-    if tokenizer:
-        need_tokenizer(pb, tokenizer, "--tokenizer")
-    if config:
-        check_backbone_preset(pb, config, "--backbone")
-    if plugin and not Path(plugin).exists():
-        pb.add(f"--plugin {plugin!r}: no such file or folder",
+    if model.tokenizer:
+        need_tokenizer(pb, model.tokenizer, "--tokenizer")
+    if model.config:
+        check_backbone_preset(pb, model.config, "--backbone")
+    if model.plugin and not Path(model.plugin).exists():
+        pb.add(f"--plugin {model.plugin!r}: no such file or folder",
                "give plugin.safetensors, a checkpoint folder or a run folder of python -m train")
 
 
@@ -151,7 +155,8 @@ def check_trajectory(pb: Problems, spec: str, frames: int, stride: int, loop: bo
 
 
 def check_sample(args) -> Problems:
-    """Every problem of a ``train.sample`` command line that would otherwise show after loading the models."""
+    """Every problem of a ``train.sample`` config (:class:`train.sample.SampleConfig`, its model in ``args.model``)
+    that would otherwise show after loading the models."""
     pb = Problems("python -m train.sample")
     need_output_folder(pb, args.out, "--out")
     if args.continue_from:
@@ -170,7 +175,7 @@ def check_sample(args) -> Problems:
         need_file(pb, args.depth_file, "--depth-file", "a .npy or .npz (array 'depth') in metres", (".npy", ".npz"))
     else:
         need_depth_model(pb, args.depth_model, "--depth-model")
-    check_model_options(pb, args.tiny, args.checkpoint, args.tokenizer, args.config, args.plugin)
+    check_model_options(pb, args.model)
     if args.annotations:
         need_annotation_dir(pb, args.annotations, "--annotations")
     if args.intrinsics:

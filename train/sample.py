@@ -23,22 +23,19 @@ Writes to ``--out``: video.mp4, preview.mp4, mask.png, trajectory.txt (RealEstat
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 
 from annotate.camera import w2c_to_c2w
+from train.inference.model import ModelConfig, command_flags, load_model, load_plugin
 
 log = logging.getLogger("realcam.inference")
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -50,15 +47,7 @@ class SampleConfig:
     trajectory: str = "dolly:distance=0.5"  # preset spec (see the presets above), keyframe .json or RealEstate10K .txt
     prompt: str = ""  # text prompt
     fps: float = 8.0  # fps of the written videos
-    checkpoint: str | None = None  # DynamiCrafter model.ckpt / .safetensors / train.convert folder
-    config: str | None = None  # backbone preset name or yaml (null: detected from the checkpoint)
-    tokenizer: str | None = None  # CLIP tokenizer folder (vocab.json + merges.txt)
-    plugin: str | None = None  # camera plug-in: plugin.safetensors, a checkpoint folder or a run folder
-    tiny: bool = False  # random tiny model (tests, smoke runs)
-    tiny_seed: int = 0  # seed of the random tiny model's weights
-    device: str = "auto"  # auto: cuda when available, else cpu; or cpu, cuda:N
-    # auto: bf16 on a CUDA GPU that supports it, else fp16 on CUDA, fp32 on the CPU
-    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    model: ModelConfig = field(default_factory=ModelConfig)  # the backbone and plug-in (train/inference/model.py)
     intrinsics: str | None = None  # normalised fx,fy,cx,cy of the input image (RealEstate10K convention)
     depth_model: str | None = None  # Depth Anything V2 metric hub id or folder (null: annotate.depth.DEFAULT_MODEL)
     depth_file: str | None = None  # .npy or .npz (array 'depth') metric depth of the image
@@ -103,42 +92,6 @@ def trajectory_help() -> str:
     return "trajectory p" + doc[start + 1:end].strip().replace("``", "") + "\n"
 
 
-def load_model(args):
-    from train.dynamicrafter.config import load_config
-
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.tiny:
-        from train.dynamicrafter.tiny import build_tiny_model
-
-        cfg = load_config(args.config or "tiny")
-        model = build_tiny_model(Path(args.out) / ".tiny_tokenizer", seed=args.tiny_seed, config=cfg)
-    else:
-        if not args.checkpoint:
-            raise SystemExit("give --checkpoint (or --tiny for the random test model)")
-        from train.dynamicrafter.conditioning import Tokenizer
-        from train.dynamicrafter.model import load_dynamicrafter
-
-        cfg = load_config(args.config) if args.config else None
-        tok = None
-        if args.tokenizer:
-            tok = Tokenizer(args.tokenizer, (cfg.text_encoder.context_length if cfg else 77))
-        model = load_dynamicrafter(args.checkpoint, config=cfg, tokenizer=tok)
-    model.to(device, DTYPES[resolve_dtype(args.dtype, device)])
-    model.schedule.float()
-    return model.eval()
-
-
-def resolve_dtype(name: str, device) -> str:
-    """auto: bf16 on a CUDA GPU that has it (fp16 overflows more easily in the VAE), else fp16; fp32 on the CPU."""
-    if name != "auto":
-        return name
-    if torch.device(device).type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
-
-
 def camera_units(args, plugin) -> str:
     """How a RealEstate10K camera file becomes metres, or a refusal that explains the choice."""
     from train.inference.plugin import is_metric
@@ -178,18 +131,15 @@ def main(cfg: SampleConfig) -> dict:
 
     check_sample(cfg).raise_if_any()  # before any model loads (minutes) and before --out is written
     t0 = time.time()
-    model = load_model(cfg)
+    model = load_model(cfg.model, cfg.out)
     s = model.cfg.sampling
     hw = (cfg.height or s.height, cfg.width or s.width)
     frames = cfg.frames or s.frames
     from train.inference.pipeline import default_frame_stride
 
     stride = cfg.frame_stride or default_frame_stride(model.cfg)
-    plugin = None
-    if cfg.plugin:
-        from train.inference.plugin import load_camera_plugin
-
-        plugin = load_camera_plugin(model, cfg.plugin)
+    plugin = load_plugin(model, cfg.model)
+    if plugin is not None:
         log.info("camera plug-in %s (%s; modes %s; cameras %s)", plugin.source, plugin.kind,
                  ",".join(plugin.modes), plugin.scale_source)
     else:
@@ -273,7 +223,7 @@ def main(cfg: SampleConfig) -> dict:
                    "num_overlap": len(overlap) if overlap is not None else 0, "trajectory": cfg.trajectory,
                    "loop": cfg.loop, "ease": cfg.ease, "annotations": cfg.annotations,
                    "trajectory_scale": cfg.trajectory_scale, "trajectory_units": units, "frame_stride": stride},
-        "model": {"checkpoint": cfg.checkpoint, "tiny": cfg.tiny, "config": model.cfg.name,
+        "model": {"checkpoint": cfg.model.checkpoint, "tiny": cfg.model.tiny, "config": model.cfg.name,
                   "plugin": getattr(plugin, "source", None), "plugin_kind": getattr(plugin, "kind", None),
                   "plugin_modes": list(getattr(plugin, "modes", []) or []),
                   "plugin_scale_source": getattr(plugin, "scale_source", None),
@@ -293,10 +243,9 @@ def main(cfg: SampleConfig) -> dict:
 def command():
     from annotate.command import Command
 
-    from .command_line import BACKBONE_FLAG, preset_reader
+    from .command_line import preset_reader
 
-    flags = {BACKBONE_FLAG if f.name == "config" else "--" + f.name.replace("_", "-"): f.name
-             for f in dataclasses.fields(SampleConfig)}
+    flags = command_flags(SampleConfig)  # the model's: --checkpoint, --backbone, ... (model.*)
     return Command(SampleConfig, lambda cfg, args: main(cfg), "python -m train.sample",
                    __doc__.split("\n\n")[0] + "\n\n" + trajectory_help(),
                    flags=flags, presets="YAML preset of this command's keys (below), e.g. a --print-config output",

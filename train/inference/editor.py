@@ -37,7 +37,7 @@ from annotate.files import atomic_write_bytes, atomic_write_text
 from annotate.log import get_logger
 from annotate.re10k import format_camera_text
 
-from ..command_line import BACKBONE_FLAG
+from .model import ModelConfig, load_model, load_plugin, model_flags
 from .scene import PointCloud, point_cloud, render_preview
 from .trajectory import (
     PRESETS,
@@ -162,14 +162,7 @@ def predict_depth(image: np.ndarray, model: str | None) -> np.ndarray:
 class GenerateConfig:
     """The model of Generate (train.sample's options of the same names) and the sampling defaults of the GUI."""
 
-    checkpoint: str | None = None  # DynamiCrafter model.ckpt / .safetensors / train.convert folder
-    config: str | None = None  # backbone preset name or yaml (null: detected from the checkpoint)
-    tokenizer: str | None = None  # CLIP tokenizer folder (vocab.json + merges.txt)
-    plugin: str | None = None  # camera plug-in: plugin.safetensors, a checkpoint folder or a run folder
-    tiny: bool = False  # random tiny model (tests, smoke runs)
-    tiny_seed: int = 0  # seed of the random tiny model's weights
-    device: str = "auto"  # auto: cuda when available, else cpu; or cpu, cuda:N
-    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on the CPU
+    model: ModelConfig = field(default_factory=ModelConfig)  # the backbone and plug-in (train/inference/model.py)
     prompt: str = ""  # text prompt
     seed: int = 12333  # sampling seed
     steps: int = 25  # DDIM steps
@@ -181,7 +174,7 @@ class GenerateConfig:
 
     @property
     def available(self) -> bool:
-        return self.tiny or bool(self.checkpoint)
+        return self.model.available
 
 
 @contextmanager
@@ -489,22 +482,14 @@ class Editor:
 
     # -------------------------------------------------------------------------------- generation
     def load_model(self):
-        """The backbone and plug-in (train.sample's loaders), loaded on first use and kept."""
+        """The backbone and plug-in (train/inference/model.py, as train.sample), loaded on first use and kept."""
         with self._lock:
             if self._model is None:
                 if not self.gen.available:
                     raise ValueError("no model: start the editor with --checkpoint (or --tiny)")
-                from train.sample import load_model
-
                 self.export_dir.mkdir(parents=True, exist_ok=True)
-                args = argparse.Namespace(**{k: getattr(self.gen, k) for k in
-                                             ("checkpoint", "config", "tokenizer", "tiny", "tiny_seed", "device",
-                                              "dtype")}, out=str(self.export_dir))
-                self._model = load_model(args)
-                if self.gen.plugin:
-                    from .plugin import load_camera_plugin
-
-                    self._plugin = load_camera_plugin(self._model, self.gen.plugin)
+                self._model = load_model(self.gen.model, self.export_dir)
+                self._plugin = load_plugin(self._model, self.gen.model)
             return self._model, self._plugin
 
     def generate(self, progress=None) -> dict[str, Path]:
@@ -536,7 +521,8 @@ class Editor:
             "options": opts.to_dict(),
             "inputs": dict(self.scene.source, keyframes=self.keyframes_json(), frame_stride=self.stride,
                            trajectory_units="metres"),
-            "model": {"checkpoint": g.checkpoint, "tiny": g.tiny, "config": model.cfg.name, "plugin": g.plugin,
+            "model": {"checkpoint": g.model.checkpoint, "tiny": g.model.tiny, "config": model.cfg.name,
+                      "plugin": g.model.plugin,
                       "plugin_kind": getattr(plugin, "kind", None), "device": str(model.device),
                       "dtype": str(model.dtype).replace("torch.", "")},
             "image": {"size_hw": list(self.scene.hw), "intrinsics_px": self.scene.intr.tolist()},
@@ -745,9 +731,9 @@ class EditorConfig:
 FLAGS = {**{"--" + k.replace("_", "-"): k for k in ("image", "annotations", "clip", "manifest", "depth_file",
                                                      "depth_model", "last_image", "height", "width", "frames",
                                                      "frame_stride", "export_dir")},
-         **{(BACKBONE_FLAG if k == "config" else "--" + k.replace("_", "-")): "generate." + k
-            for k in ("checkpoint", "config", "tokenizer", "plugin", "tiny", "device", "dtype", "prompt", "steps",
-                      "cfg", "seed", "noise_shaping", "mode")},
+         **model_flags("generate.model."),
+         **{"--" + k.replace("_", "-"): "generate." + k
+            for k in ("prompt", "steps", "cfg", "seed", "noise_shaping", "mode")},
          "--host": "host", "--port": "port", "--allow-remote": "allow_remote"}  # train.sample's names
 
 
