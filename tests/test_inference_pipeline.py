@@ -275,3 +275,27 @@ def test_print_config_round_trips(tmp_path, capsys):
     assert command().parse(["--config", str(tmp_path / "c.yaml")])[0] == want
     assert cli(["--out", str(tmp_path / "o"), "--config", "256"]) == 2
     assert "give it as --backbone 256" in capsys.readouterr().err
+
+
+def test_one_model_config_for_every_sampling_command(tmp_path, monkeypatch):
+    """train.sample, the editor and eval generate nest the one ModelConfig: the same options give the same model
+    keys; the tiny model loads from it (device auto: the CPU here, LOCAL_RANK or not; dtype auto: fp32 there)."""
+    import torch
+
+    from eval.generate import command as generate_command
+    from train.inference.editor import command as editor_command
+    from train.inference.model import ModelConfig, load_model, load_plugin, resolve_device
+    from train.sample import command as sample_command
+
+    opts = ["--checkpoint", "m.ckpt", "--backbone", "tiny", "--tokenizer", "tok", "--plugin", "p", "--tiny",
+            "--tiny-seed", "3", "--device", "cpu", "--dtype", "fp16"]
+    want = ModelConfig("m.ckpt", "tiny", "tok", "p", True, 3, "cpu", "fp16")
+    assert sample_command().parse(["--out", "o", *opts])[0].model == want
+    assert editor_command().parse(["--image", "i", *opts])[0].generate.model == want
+    assert generate_command().parse(["--out", "o", "--annotations", "a", "--manifest", "m", *opts])[0].model == want
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("LOCAL_RANK", "1")
+        assert resolve_device("auto") == "cpu"
+    model = load_model(ModelConfig(tiny=True, config="tiny"), tmp_path)
+    assert model.dtype == torch.float32 and (tmp_path / ".tiny_tokenizer").is_dir()
+    assert load_plugin(model, ModelConfig(tiny=True)) is None  # no plug-in: the backbone alone
