@@ -44,7 +44,7 @@ from annotate.files import atomic_write_text
 from annotate.re10k import write_camera_data_file
 from annotate.video import write_video
 from eval.log import logger, progress
-from train.inference.model import ModelConfig, command_flags
+from train.inference.model import ModelSource, command_flags
 
 SUBDIRS = ("samples", "gt_video", "camera_data")
 
@@ -56,7 +56,7 @@ class GenerateConfig:
     manifest: str  # the annotation job's manifest (clip_id -> video_path)
     # the backbone and plug-in (train/inference/model.py); eval's difference: with tiny and no plugin, a fresh
     # (identity) RealCam plug-in at the tiny model's size instead of the backbone alone
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelSource = field(default_factory=ModelSource)
     split: str = "test"  # split of the annotation folder to evaluate
     limit: int = 1000  # first N clips in sorted order (0 = all)
     clips: str = ""  # file with clip ids, one per line (that order); overrides the sorted order

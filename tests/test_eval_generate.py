@@ -67,12 +67,12 @@ def test_generate_resumes(generated, train_annotations):
     exp, _ = generated
     before = {p: p.stat().st_mtime_ns for p in (exp / "samples").iterdir()}
     from eval.generate import GenerateConfig, run_generate
-    from train.inference.model import ModelConfig
+    from train.inference.model import ModelSource
 
     # a finished clip is skipped: nothing regenerated, files untouched
     res = run_generate(GenerateConfig(out_dir=str(exp), annotation_dir=str(train_annotations["annotation_dir"]),
                                       manifest=str(train_annotations["manifest"]),
-                                      model=ModelConfig(tiny=True), frames=8, stride=2, height=32, width=32, steps=2,
+                                      model=ModelSource(tiny=True), frames=8, stride=2, height=32, width=32, steps=2,
                                       show_progress=False))
     assert res["generated"] == 0 and res["skipped_done"] == len(before)
     assert {p: p.stat().st_mtime_ns for p in (exp / "samples").iterdir()} == before

@@ -26,7 +26,7 @@ from annotate.synth import Room, render
 from train.inference.editor import Editor, EditorScene, GenerateConfig
 from train.inference.editor import cli as editor_cli
 from train.inference.editor_access import AllowedHosts, guard_server, refusal
-from train.inference.model import ModelConfig
+from train.inference.model import ModelSource
 from train.inference.scene import point_cloud, splat
 from train.inference.trajectory import keyframe_trajectory, load_trajectory
 
@@ -278,7 +278,7 @@ def test_print_config_round_trips(tmp_path, capsys):
     assert editor_cli([*argv, "--print-config"]) == 0
     (tmp_path / "c.yaml").write_text(capsys.readouterr().out)
     want = EditorConfig(image="room.png", port=0, allow_remote=True, frames=5,
-                        generate=GenerateConfig(ModelConfig(tiny=True, config="tiny"), steps=3, cfg=5.0, mode="loop",
+                        generate=GenerateConfig(ModelSource(tiny=True, config="tiny"), steps=3, cfg=5.0, mode="loop",
                                                 fps=12.0))
     assert command().parse(argv)[0] == want
     assert command().parse(["--config", str(tmp_path / "c.yaml")])[0] == want
@@ -337,7 +337,7 @@ def test_generate_with_the_tiny_model_writes_the_edited_path(server, tmp_path):
     room = Room.random(np.random.default_rng(11))
     intr = np.array([16.0, 16.0, 16.0, 16.0])
     img, depth = render(room, make_pose(np.eye(3), [0.0, 0.0, room.lo[2] + 1.5]), intr, s, s)
-    gen = GenerateConfig(ModelConfig(tiny=True), steps=25, seed=5)
+    gen = GenerateConfig(ModelSource(tiny=True), steps=25, seed=5)
     ed = Editor(server, EditorScene(img, depth, intr), tmp_path / "exports", frames=f, stride=3, generate=gen)
     ed.add_keyframe(look_at([0.2, 0.0, 0.3], [0.0, 0.0, 3.0]))
     ed.add_keyframe()

@@ -261,7 +261,7 @@ def test_cli_with_depth_model_interpolation(tmp_path, scene, tiny_depth_model):
 def test_print_config_round_trips(tmp_path, capsys):
     """--print-config's YAML loads back with --config to the same config; a backbone preset given to --config
     (its meaning before the generated command line) is refused with the new spelling, --backbone."""
-    from train.inference.model import ModelConfig
+    from train.inference.model import ModelSource
     from train.sample import SampleConfig, cli, command
 
     argv = ["--tiny", "--image", "a.png", "--trajectory", "orbit:angle=15", "--no-progress", "--frames", "4",
@@ -269,7 +269,7 @@ def test_print_config_round_trips(tmp_path, capsys):
     assert cli([*argv, "--print-config"]) == 0
     (tmp_path / "c.yaml").write_text(capsys.readouterr().out)
     want = SampleConfig(out=str(tmp_path / "o"), image="a.png", trajectory="orbit:angle=15",
-                        model=ModelConfig(tiny=True, config="tiny"), progress=False, frames=4, cfg=3.0,
+                        model=ModelSource(tiny=True, config="tiny"), progress=False, frames=4, cfg=3.0,
                         trajectory_scale=2.0)
     assert command().parse(argv)[0] == want
     assert command().parse(["--config", str(tmp_path / "c.yaml")])[0] == want
@@ -278,24 +278,24 @@ def test_print_config_round_trips(tmp_path, capsys):
 
 
 def test_one_model_config_for_every_sampling_command(tmp_path, monkeypatch):
-    """train.sample, the editor and eval generate nest the one ModelConfig: the same options give the same model
+    """train.sample, the editor and eval generate nest the one ModelSource: the same options give the same model
     keys; the tiny model loads from it (device auto: the CPU here, LOCAL_RANK or not; dtype auto: fp32 there)."""
     import torch
 
     from eval.generate import command as generate_command
     from train.inference.editor import command as editor_command
-    from train.inference.model import ModelConfig, load_model, load_plugin, resolve_device
+    from train.inference.model import ModelSource, load_model, load_plugin, resolve_device
     from train.sample import command as sample_command
 
     opts = ["--checkpoint", "m.ckpt", "--backbone", "tiny", "--tokenizer", "tok", "--plugin", "p", "--tiny",
             "--tiny-seed", "3", "--device", "cpu", "--dtype", "fp16"]
-    want = ModelConfig("m.ckpt", "tiny", "tok", "p", True, 3, "cpu", "fp16")
+    want = ModelSource("m.ckpt", "tiny", "tok", "p", True, 3, "cpu", "fp16")
     assert sample_command().parse(["--out", "o", *opts])[0].model == want
     assert editor_command().parse(["--image", "i", *opts])[0].generate.model == want
     assert generate_command().parse(["--out", "o", "--annotations", "a", "--manifest", "m", *opts])[0].model == want
     if not torch.cuda.is_available():
         monkeypatch.setenv("LOCAL_RANK", "1")
         assert resolve_device("auto") == "cpu"
-    model = load_model(ModelConfig(tiny=True, config="tiny"), tmp_path)
+    model = load_model(ModelSource(tiny=True, config="tiny"), tmp_path)
     assert model.dtype == torch.float32 and (tmp_path / ".tiny_tokenizer").is_dir()
-    assert load_plugin(model, ModelConfig(tiny=True)) is None  # no plug-in: the backbone alone
+    assert load_plugin(model, ModelSource(tiny=True)) is None  # no plug-in: the backbone alone

@@ -2,7 +2,7 @@
 
 Every command's ``--config`` is now its own YAML preset; the backbone preset (tiny/256/512/1024 or a backbone
 YAML), which ``train.sample``, ``train.convert``, ``train.camera.released`` and the editor took as ``--config``
-before, is ``--backbone`` (key ``config``, the name :func:`train.sample.load_model` reads). A backbone preset
+before, is ``--backbone`` (key ``config``, the name :func:`train.inference.model.load_model` reads). A backbone preset
 given to ``--config`` is refused with that spelling instead of failing as an unreadable or foreign preset.
 """
 

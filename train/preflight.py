@@ -25,7 +25,7 @@ from annotate.preflight import (
 )
 
 if TYPE_CHECKING:
-    from train.inference.model import ModelConfig
+    from train.inference.model import ModelSource
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".safetensors")
 ASSETS = "train/assets.md"
@@ -51,7 +51,7 @@ def check_checkpoint(problems: Problems, path: str, key: str) -> bool:
     return need_file(problems, p, key, fix, CHECKPOINT_SUFFIXES)
 
 
-def check_model_options(pb: Problems, model: ModelConfig) -> None:
+def check_model_options(pb: Problems, model: ModelSource) -> None:
     """The model options that sampling commands share (train.sample, the editor, eval generate): --tiny or a
     checkpoint (with a tokenizer unless it is a converted folder), a backbone preset, a plug-in."""
     if model.tiny:

@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 
 from annotate.camera import w2c_to_c2w
-from train.inference.model import ModelConfig, command_flags, load_model, load_plugin
+from train.inference.model import ModelSource, command_flags, load_model, load_plugin
 
 log = logging.getLogger("realcam.inference")
 
@@ -47,7 +47,7 @@ class SampleConfig:
     trajectory: str = "dolly:distance=0.5"  # preset spec (see the presets above), keyframe .json or RealEstate10K .txt
     prompt: str = ""  # text prompt
     fps: float = 8.0  # fps of the written videos
-    model: ModelConfig = field(default_factory=ModelConfig)  # the backbone and plug-in (train/inference/model.py)
+    model: ModelSource = field(default_factory=ModelSource)  # the backbone and plug-in (train/inference/model.py)
     intrinsics: str | None = None  # normalised fx,fy,cx,cy of the input image (RealEstate10K convention)
     depth_model: str | None = None  # Depth Anything V2 metric hub id or folder (null: annotate.depth.DEFAULT_MODEL)
     depth_file: str | None = None  # .npy or .npz (array 'depth') metric depth of the image

@@ -4,6 +4,7 @@ train.inference.editor``).
     scene.py       image crop + intrinsics rule, metric point cloud, z-buffered point splatting (previews)
     trajectory.py  presets, JSON keyframes, RealEstate10K files, SE(3) interpolation, loops, continuations
     shaping.py     noise-shaping mask + DDIM x_t hooks (noise shaping, continuation pasting)
+    model.py       ModelSource (checkpoint, backbone preset, tokenizer, plug-in, device, dtype) and its loaders
     plugin.py      loading the trainer's plugin.safetensors onto a backbone
     pipeline.py    `Pipeline.generate` in every mode (plain, noise-shaped, loop, interp, continue)
     outputs.py     video.mp4, preview.mp4, mask.png, trajectory.txt, settings.json

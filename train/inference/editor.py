@@ -37,7 +37,7 @@ from annotate.files import atomic_write_bytes, atomic_write_text
 from annotate.log import get_logger
 from annotate.re10k import format_camera_text
 
-from .model import ModelConfig, load_model, load_plugin, model_flags
+from .model import ModelSource, load_model, load_plugin, model_flags
 from .scene import PointCloud, point_cloud, render_preview
 from .trajectory import (
     PRESETS,
@@ -162,7 +162,7 @@ def predict_depth(image: np.ndarray, model: str | None) -> np.ndarray:
 class GenerateConfig:
     """The model of Generate (train.sample's options of the same names) and the sampling defaults of the GUI."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)  # the backbone and plug-in (train/inference/model.py)
+    model: ModelSource = field(default_factory=ModelSource)  # the backbone and plug-in (train/inference/model.py)
     prompt: str = ""  # text prompt
     seed: int = 12333  # sampling seed
     steps: int = 25  # DDIM steps

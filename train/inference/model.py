@@ -1,5 +1,5 @@
 """The model of the sampling commands (``train.sample``, the editor's Generate, ``eval generate``): one typed
-:class:`ModelConfig` of the backbone and its camera plug-in, and the one loader of each (:func:`load_model`,
+:class:`ModelSource` of the backbone and its camera plug-in, and the one loader of each (:func:`load_model`,
 :func:`load_plugin`).
 
 Each command nests it as ``model`` (keys ``model.checkpoint``, ...) and keeps the historical option names
@@ -22,7 +22,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
-class ModelConfig:
+class ModelSource:
     """The backbone and its camera plug-in, and where and in which precision they run."""
 
     checkpoint: str | None = None  # DynamiCrafter model.ckpt / .safetensors / train.convert folder
@@ -46,7 +46,7 @@ class ModelConfig:
 
 
 def model_flags(prefix: str = "model.") -> dict[str, str]:
-    """The options of :class:`ModelConfig` (their historical names) -> its keys under ``prefix``."""
+    """The options of :class:`ModelSource` (their historical names) -> its keys under ``prefix``."""
     from train.command_line import BACKBONE_FLAG
 
     names = {"config": BACKBONE_FLAG}
@@ -55,7 +55,7 @@ def model_flags(prefix: str = "model.") -> dict[str, str]:
 
 
 def command_flags(cls: type, renamed: dict[str, str] | None = None) -> dict[str, str]:
-    """--option -> key of a command's config that nests :class:`ModelConfig` as ``model``: each other field is
+    """--option -> key of a command's config that nests :class:`ModelSource` as ``model``: each other field is
     --its-name (or its option in ``renamed``), and the model's options come in its place."""
     flags: dict[str, str] = {}
     for f in dataclasses.fields(cls):
@@ -84,7 +84,7 @@ def resolve_dtype(name: str, device) -> str:
     return "fp32"
 
 
-def load_model(cfg: ModelConfig, scratch: str | Path | None = None):
+def load_model(cfg: ModelSource, scratch: str | Path | None = None):
     """The backbone of ``cfg`` on its device in its dtype (the noise schedule stays fp32), in eval mode. The tiny
     model writes its tokenizer into ``scratch/.tiny_tokenizer`` (the command's output folder; default: a new
     temporary folder)."""
@@ -113,7 +113,7 @@ def load_model(cfg: ModelConfig, scratch: str | Path | None = None):
     return model.eval()
 
 
-def load_plugin(model, cfg: ModelConfig):
+def load_plugin(model, cfg: ModelSource):
     """The camera plug-in of ``cfg.plugin`` on ``model`` (None without one: the backbone alone)."""
     if not cfg.plugin:
         return None
