@@ -47,6 +47,9 @@ class ExtractConfig:
     height: int = 360  # output height in pixels (width keeps the aspect ratio, even); 0 = the video's own
     workers: int = 0  # parallel processes, each cutting one video at a time; 0 = one per CPU core
     crf: int = 18  # libx264 quality of the written clips (lower = better, larger)
+    # more libx264 settings of the written clips: no B-frame is a reference picture, so the trainer's reader of a
+    # sample's frames skips them (11.9 against 7.4 samples/s per core, 18 % smaller files; README, bench-train)
+    x264_params: str = "b-pyramid=none:bframes=7"
     fps: float = 30.0  # frame rate written into the clip files (RealEstate10K lines are ~video frames)
 
 
@@ -179,7 +182,8 @@ def cut_video(video: Path, jobs: list[ClipJob], cfg: ExtractConfig) -> list[dict
                                         reason=f"{video}: {why}"))
                     continue
                 j.out.parent.mkdir(parents=True, exist_ok=True)
-                write_video(j.out, np.stack([imgs[k] for k in pick]), fps=cfg.fps, crf=cfg.crf)
+                write_video(j.out, np.stack([imgs[k] for k in pick]), fps=cfg.fps, crf=cfg.crf,
+                            x264_params=cfg.x264_params)
                 rows.append(log_row(j.split, j.clip_id, j.youtube_id, "ok", frames=len(pick),
                                     max_error_us=float(err.max()), seconds=time.perf_counter() - t1))
     spent = time.perf_counter() - t0
