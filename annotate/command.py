@@ -232,6 +232,8 @@ class Command:
     print_result: bool = True  # print a dict/list result of run() as JSON on stdout (NaN/inf as null)
     log_level: int = logging.WARNING  # logging level without -v (-v: INFO, -vv: DEBUG)
     errors: tuple[type[BaseException], ...] = ()  # raised by run: reported in one ``error:`` line, exit 2
+    passthrough: str = ""  # a list[str] key that takes the key=value words of keys not in the config (a wrapped
+    # stage's overrides, e.g. a benchmark's training run); "" = such a word is an unknown-key error
     load_preset: Callable[[str], dict] = read_yaml  # --config's file as a mapping
     check: Callable[[Any], Any] | None = None  # validates (and may complete) the resolved config
 
@@ -334,6 +336,11 @@ class Command:
         for dest, value in vars(args).items():
             if dest.startswith(_PREFIX):
                 _set(cfg, dest[len(_PREFIX):], value)
+        if self.passthrough:  # words of keys this config does not have belong to the wrapped stage
+            own = {d.key for d in describe(cfg)}
+            foreign = [o for o in overrides if o.split("=", 1)[0].strip() not in own]
+            overrides = [o for o in overrides if o not in foreign]
+            _set(cfg, self.passthrough, [*_get(cfg, self.passthrough), *foreign])
         apply_overrides(cfg, list(overrides))
         missing = [d.key for d in describe(cfg) if d.required and getattr(cfg, d.key.split(".")[0]) is None]
         if not getattr(args, "print_config", False):  # a word left empty (a default of "") is missing too

@@ -93,6 +93,19 @@ def test_command_line_gives_the_config_back():
     assert _cmd([]).parse(shlex.split(line)[1:])[0] == cfg
 
 
+def test_passthrough_collects_foreign_overrides():
+    @dataclass
+    class Wrap:
+        steps: int = 2  # steps
+        overrides: list[str] = field(default_factory=list)  # the wrapped stage's key=value words
+
+    cmd = Command(Wrap, lambda cfg, args: None, "prog", passthrough="overrides")
+    cfg, _ = cmd.parse(["steps=3", "optim.lr=1e-4", "run.x=1"])
+    assert (cfg.steps, cfg.overrides) == (3, ["optim.lr=1e-4", "run.x=1"])
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lr'"):
+        Command(Wrap, lambda cfg, args: None, "prog").parse(["optim.lr=1e-4"])
+
+
 def test_help_lists_keys_with_types_defaults_and_help():
     text = " ".join(_cmd([]).parser().format_help().split())
     for needle in ("src (str, required) input folder", "n (int, default: 4) how many",

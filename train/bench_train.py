@@ -22,7 +22,6 @@ batch 64 on 8xH100 is ~4.4 samples/s per GPU (goal: 2x that).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from annotate.command import Command, describe
+from annotate.command import Command
 from annotate.config import ConfigError, read_yaml
 from annotate.files import write_json
 from train.bench_backbone import peak_rss_mb, reset_peak_rss
@@ -225,26 +224,6 @@ def _preset(path: str) -> dict:
     return data if set(data) <= _OWN else {"train_config": path}
 
 
-class _Command(Command):
-    """Words ``key=value`` whose key is not this command's are training overrides (appended to ``overrides``), as
-    before the convention; annotate.command has no pass-through of foreign keys, hence this local split."""
-
-    foreign: list[str]
-
-    def split(self, p: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
-        words, overrides = super().split(p, argv)
-        own = {d.key for d in describe(BenchTrainConfig())}
-        self.foreign = [o for o in overrides if o.split("=", 1)[0] not in own]
-        return words, [o for o in overrides if o.split("=", 1)[0] in own]
-
-    def parse(self, argv: list[str] | None = None) -> tuple[BenchTrainConfig, argparse.Namespace]:
-        cfg, args = super().parse(argv)
-        if self.foreign:
-            cfg.overrides = [*cfg.overrides, *self.foreign]
-            cfg = _check(cfg)
-        return cfg, args
-
-
 def _check(cfg: BenchTrainConfig) -> BenchTrainConfig:
     """The training preset and overrides load (a mistyped key fails here, not after the loader measure)."""
     try:
@@ -259,14 +238,15 @@ def command() -> Command:
     flags = {"--out": "out", "--steps": "steps", "--warmup": "warmup", "--loader-samples": "loader_samples",
              "--loader-rounds": "loader_rounds", "--loader-gop": "loader_gop", "--loader-crf": "loader_crf",
              "--loader-x264-params": "loader_x264_params", "--loader-only": "loader_only"}
-    return _Command(BenchTrainConfig, lambda cfg, args: main(cfg), "python -m train.bench_train", __doc__,
-                    flags=flags, print_result=False, load_preset=_preset, check=_check,
-                    presets="training preset of the timed steps (train/configs/*.yaml; sets train_config), "
-                            "or this command's --print-config output")
+    return Command(BenchTrainConfig, lambda cfg, args: main(cfg), "python -m train.bench_train", __doc__,
+                   flags=flags, print_result=False, load_preset=_preset, check=_check, passthrough="overrides",
+                   presets="training preset of the timed steps (train/configs/*.yaml; sets train_config), "
+                           "or this command's --print-config output")
 
 
 def cli(argv: list[str] | None = None) -> int:
     return command().main(argv)
+
 
 if __name__ == "__main__":
     sys.exit(cli())
