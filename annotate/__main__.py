@@ -5,28 +5,17 @@ command line generated from the config (annotate/command.py)."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-
-
-def _lazy(module: str, name: str = "cli") -> Callable[[list[str]], int]:
-    def run(argv: list[str]) -> int:
-        import importlib
-
-        return getattr(importlib.import_module(module), name)(argv)
-
-    return run
-
 
 COMMANDS = {
-    "fetch": (_lazy("annotate.fetch"), "download the videos of the camera files (yt-dlp)"),
-    "extract": (_lazy("annotate.extract"), "cut downloaded videos at the camera files' timestamps"),
-    "index": (_lazy("annotate.index"), "build a clip manifest from a RealEstate10K download"),
-    "import-colmap": (_lazy("annotate.imports", "cli_colmap"), "a COLMAP model as a RealEstate10K clip"),
-    "import-nerfstudio": (_lazy("annotate.imports", "cli_nerfstudio"),
+    "fetch": ("annotate.fetch", "download the videos of the camera files (yt-dlp)"),
+    "extract": ("annotate.extract", "cut downloaded videos at the camera files' timestamps"),
+    "index": ("annotate.index", "build a clip manifest from a RealEstate10K download"),
+    "import-colmap": ("annotate.imports:cli_colmap", "a COLMAP model as a RealEstate10K clip"),
+    "import-nerfstudio": ("annotate.imports:cli_nerfstudio",
                           "a nerfstudio transforms.json as a RealEstate10K clip"),
-    "run": (_lazy("annotate.job_cli"), "annotate a clip manifest with Ray (resumable)"),
-    "report": (_lazy("annotate.report"), "counts, failure reasons and plots of an output folder"),
-    "synth": (_lazy("annotate.synth"), "synthetic clips with ground truth"),
+    "run": ("annotate.job_cli", "annotate a clip manifest with Ray (resumable)"),
+    "report": ("annotate.report", "counts, failure reasons and plots of an output folder"),
+    "synth": ("annotate.synth", "synthetic clips with ground truth"),
 }
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import importlib
 import inspect
 import io
 import logging
@@ -30,7 +32,16 @@ from typing import Any
 
 import yaml
 
-from annotate.config import ConfigError, _coerce, _dataclass_type, apply_overrides, dump_yaml, from_dict, read_yaml
+from annotate.config import (
+    ConfigError,
+    _coerce,
+    _dataclass_type,
+    all_keys,
+    apply_overrides,
+    dump_yaml,
+    from_dict,
+    read_yaml,
+)
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")  # a ``dotted.key=value`` word
 _PREFIX = "cfg:"  # argparse dest of an option that sets a config key: "cfg:<dotted key>"
@@ -52,8 +63,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 # that line has none, the comment lines directly above the field).
 
 
+@functools.cache
 def _source_comments(cls: type) -> dict[str, str]:
-    """Field name -> its comment in the class source ({} when the source is not available)."""
+    """Field name -> its comment in the class source ({} when the source is not available); read once per class
+    (tokenizing a class's source takes milliseconds, and every command line asks for each class)."""
     try:
         lines, _ = inspect.getsourcelines(cls)
     except (OSError, TypeError):
@@ -228,7 +241,6 @@ class Command:
     switches: dict[str, tuple[str, dict[str, Any]]] | None = None  # --option -> (help, {key: value, ...})
     presets: str = "YAML preset of the config (keys as below)"  # help of --config
     options: Callable[[argparse.ArgumentParser], None] | None = None  # options outside the config (e.g. --check)
-    defaults: Any = None  # the config whose values --help shows (default: the class defaults)
     print_result: bool = True  # print a dict/list result of run() as JSON on stdout (NaN/inf as null)
     log_level: int = logging.WARNING  # logging level without -v (-v: INFO, -vv: DEBUG)
     errors: tuple[type[BaseException], ...] = ()  # raised by run: reported in one ``error:`` line, exit 2
@@ -246,7 +258,7 @@ class Command:
                 if f.name not in self.positionals and _dataclass_type(hints[f.name]) is None}
 
     def parser(self) -> argparse.ArgumentParser:
-        shown = self.defaults if self.defaults is not None else _blank(self.config)
+        shown = _blank(self.config)
         docs = {d.key: d for d in describe(shown)}
         p = argparse.ArgumentParser(prog=self.prog, description=self.description, formatter_class=HelpFormatter)
         for key in self.positionals:
@@ -337,12 +349,13 @@ class Command:
             if dest.startswith(_PREFIX):
                 _set(cfg, dest[len(_PREFIX):], value)
         if self.passthrough:  # words of keys this config does not have belong to the wrapped stage
-            own = {d.key for d in describe(cfg)}
+            own = set(all_keys(cfg))
             foreign = [o for o in overrides if o.split("=", 1)[0].strip() not in own]
             overrides = [o for o in overrides if o not in foreign]
             _set(cfg, self.passthrough, [*_get(cfg, self.passthrough), *foreign])
         apply_overrides(cfg, list(overrides))
-        missing = [d.key for d in describe(cfg) if d.required and getattr(cfg, d.key.split(".")[0]) is None]
+        missing = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) is None
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         if not getattr(args, "print_config", False):  # a word left empty (a default of "") is missing too
             missing += [k for k in self.positionals if k not in missing and _get(cfg, k) in ("", None, [], ())]
         if missing:
@@ -391,9 +404,9 @@ class Command:
         return result if type(result) is int else 0  # None or a result object the stage printed itself
 
 
-def dispatch(commands: dict[str, tuple[Callable[[list[str]], int], str]], argv: list[str] | None, prog: str,
-             description: str) -> int:
-    """``prog NAME ...``: runs command NAME (name -> (its command line function, one line of help))."""
+def dispatch(commands: dict[str, tuple[str, str]], argv: list[str] | None, prog: str, description: str) -> int:
+    """``prog NAME ...``: runs command NAME (name -> ("module" or "module:function", one line of help)); the
+    function (default ``cli``) takes the remaining words, and its module is imported only when NAME runs."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         width = max(map(len, commands))
@@ -406,6 +419,7 @@ def dispatch(commands: dict[str, tuple[Callable[[list[str]], int], str]], argv: 
             return 2
         print(text, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
-    return commands[argv[0]][0](argv[1:])
+    module, _, function = commands[argv[0]][0].partition(":")
+    return getattr(importlib.import_module(module), function or "cli")(argv[1:])
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,22 +198,13 @@ def cli_fvd(argv: list[str] | None = None) -> int:
 # ------------------------------------------------------------------------------------------------ dispatcher
 
 
-def _lazy(module: str, name: str = "cli") -> Callable[[list[str]], int]:
-    def run(argv: list[str]) -> int:
-        import importlib
-
-        return getattr(importlib.import_module(module), name)(argv)
-
-    return run
-
-
 COMMANDS = {
-    "camera-metrics": (cli_camera_metrics, "RotErr/TransErr/CamMC between two camera files"),
-    "estimate-poses": (cli_estimate_poses, "SIFT + GLOMAP trials of one video"),
-    "fvd": (cli_fvd, "FVD between two folders of videos"),
-    "generate": (_lazy("eval.generate"), "generate samples/, gt_video/, camera_data/ for `run` (paper protocol)"),
-    "run": (_lazy("eval.run"), "evaluate EXP_DIR (samples/, gt_video/, camera_data/)"),
-    "report": (_lazy("eval.report"), "Table-1 style Markdown/CSV and plots from results folders"),
+    "camera-metrics": ("eval.cli:cli_camera_metrics", "RotErr/TransErr/CamMC between two camera files"),
+    "estimate-poses": ("eval.cli:cli_estimate_poses", "SIFT + GLOMAP trials of one video"),
+    "fvd": ("eval.cli:cli_fvd", "FVD between two folders of videos"),
+    "generate": ("eval.generate", "generate samples/, gt_video/, camera_data/ for `run` (paper protocol)"),
+    "run": ("eval.run", "evaluate EXP_DIR (samples/, gt_video/, camera_data/)"),
+    "report": ("eval.report", "Table-1 style Markdown/CSV and plots from results folders"),
 }
 
 

@@ -114,9 +114,18 @@ def test_help_lists_keys_with_types_defaults_and_help():
         assert needle in text, needle
 
 
-def test_dispatch(capsys):
+def test_dispatch(capsys, monkeypatch):
+    import sys
+    import types
+
     calls = []
-    cmds = {"go": (lambda argv: calls.append(argv) or 0, "run it")}
-    assert dispatch(cmds, ["go", "x", "k=v"], "prog", "d") == 0 and calls == [["x", "k=v"]]
+    mod = types.ModuleType("realcam_test_commands")  # a command module, imported by name when its command runs
+    mod.cli = lambda argv: calls.append(("cli", argv)) or 0
+    mod.other = lambda argv: calls.append(("other", argv)) or 3
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    cmds = {"go": (mod.__name__, "run it"), "alt": (f"{mod.__name__}:other", "the other")}
+    assert dispatch(cmds, ["go", "x", "k=v"], "prog", "d") == 0
+    assert dispatch(cmds, ["alt", "y"], "prog", "d") == 3
+    assert calls == [("cli", ["x", "k=v"]), ("other", ["y"])]
     assert dispatch(cmds, ["nope"], "prog", "d") == 2
     assert "unknown command 'nope'" in capsys.readouterr().err
