@@ -34,13 +34,13 @@ import yaml
 
 from annotate.config import (
     ConfigError,
-    _coerce,
     _dataclass_type,
     all_keys,
     apply_overrides,
     dump_yaml,
     from_dict,
     read_yaml,
+    set_key,
 )
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")  # a ``dotted.key=value`` word
@@ -215,12 +215,9 @@ def _get(cfg: Any, key: str) -> Any:
     return cfg
 
 
-def _set(cfg: Any, key: str, value: Any) -> None:
-    *path, leaf = key.split(".")
-    obj = cfg
-    for p in path:
-        obj = getattr(obj, p)
-    setattr(obj, leaf, _coerce(value, typing.get_type_hints(type(obj))[leaf], key))
+def _literal(text: str) -> str:
+    """Help text as argparse prints it literally (it %-formats help: "18 % smaller" would break --help)."""
+    return text.replace("%", "%%")
 
 
 def _sequence(tp: Any) -> bool:
@@ -265,9 +262,9 @@ class Command:
             d = docs[key]
             p.add_argument(f"{_PREFIX}{key}", metavar=key.rsplit(".", 1)[-1].upper(),
                            nargs="*" if _sequence(d.type) else "?", default=argparse.SUPPRESS,
-                           help=d.help + ("" if d.required or d.default in ("", None)
-                                              else f" (default: {_show(d.default)})"))
-        p.add_argument("--config", default=None, metavar="YAML", help=self.presets)
+                           help=_literal(d.help + ("" if d.required or d.default in ("", None)
+                                                       else f" (default: {_show(d.default)})")))
+        p.add_argument("--config", default=None, metavar="YAML", help=_literal(self.presets))
         p.add_argument("--print-config", action="store_true",
                        help="print the resolved config (defaults, preset, options, overrides) as YAML and exit")
         for opt, key in self._flags().items():
@@ -276,7 +273,7 @@ class Command:
             sets = "" if opt == "--" + key.replace("_", "-") else f"; sets {key}"
             if d.type is bool:
                 p.add_argument(opt, dest=_PREFIX + key, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=f"{text} (default: {_show(d.default)}{sets})")
+                               default=argparse.SUPPRESS, help=_literal(f"{text} (default: {_show(d.default)}{sets})"))
                 continue
             kw: dict[str, Any] = {"dest": _PREFIX + key, "default": argparse.SUPPRESS}
             choices = d.choices
@@ -287,11 +284,11 @@ class Command:
             if _sequence(d.type):
                 kw["nargs"] = "+"
             default = "required" if d.required else f"default: {_show(d.default)}"
-            kw["help"] = f"{text} ({default}{sets})"
+            kw["help"] = _literal(f"{text} ({default}{sets})")
             p.add_argument(opt, **kw)
         for opt, (text, sets) in (self.switches or {}).items():
             shown_sets = ", ".join(f"{k}={_show(v)}" for k, v in sets.items())
-            p.add_argument(opt, action=_SetKeys, sets=sets, help=f"{text} (sets {shown_sets})")
+            p.add_argument(opt, action=_SetKeys, sets=sets, help=_literal(f"{text} (sets {shown_sets})"))
         p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logging")
         if self.options:
             self.options(p)
@@ -347,12 +344,12 @@ class Command:
             cfg = from_dict(self.config, data, base=cfg)
         for dest, value in vars(args).items():
             if dest.startswith(_PREFIX):
-                _set(cfg, dest[len(_PREFIX):], value)
+                set_key(cfg, dest[len(_PREFIX):], value)
         if self.passthrough:  # words of keys this config does not have belong to the wrapped stage
             own = set(all_keys(cfg))
             foreign = [o for o in overrides if o.split("=", 1)[0].strip() not in own]
             overrides = [o for o in overrides if o not in foreign]
-            _set(cfg, self.passthrough, [*_get(cfg, self.passthrough), *foreign])
+            set_key(cfg, self.passthrough, [*_get(cfg, self.passthrough), *foreign])
         apply_overrides(cfg, list(overrides))
         missing = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) is None
                    and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -391,15 +388,13 @@ class Command:
         except PreflightError as e:
             return report(e)
         except (ConfigError, *self.errors) as e:
-            print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+            print(f"error: {e}", file=sys.stderr)
             return 2
         if isinstance(result, dict | list):
             if self.print_result:
-                import json
+                from annotate.files import json_text
 
-                from annotate.files import json_safe
-
-                print(json.dumps(json_safe(result, nonfinite_as_null=True), indent=1))
+                print(json_text(result, nonfinite_as_null=True))
             return 0
         return result if type(result) is int else 0  # None or a result object the stage printed itself
 

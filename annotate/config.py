@@ -144,13 +144,17 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
         key = key.strip()
         if key not in valid:
             raise _unknown(key, valid)
-        *path, leaf = key.split(".")
-        obj = cfg
-        for p in path:
-            obj = getattr(obj, p)
-        hints = typing.get_type_hints(type(obj))
-        setattr(obj, leaf, _coerce(value, hints[leaf], key))
+        set_key(cfg, key, value)
     return cfg
+
+
+def set_key(cfg: Any, key: str, value: Any) -> None:
+    """Set a dotted key of a config in place, the value coerced to the field's type (strings parsed as YAML)."""
+    *path, leaf = key.split(".")
+    obj = cfg
+    for p in path:
+        obj = getattr(obj, p)
+    setattr(obj, leaf, _coerce(value, typing.get_type_hints(type(obj))[leaf], key))
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -293,9 +293,6 @@ def extract(root: str | os.PathLike, cfg: ExtractConfig | None = None, progress:
     return res
 
 
-FLAGS = {"--height": "height", "--workers": "workers", "--crf": "crf"}
-
-
 def main(cfg: ExtractConfig) -> ExtractResult:
     """Cut the clips of ``cfg.root`` (:func:`extract`)."""
     return extract(cfg.root, cfg)
@@ -311,7 +308,7 @@ def _run(cfg: ExtractConfig, args: argparse.Namespace) -> int:
 
 def command() -> Command:
     return Command(ExtractConfig, _run, "python -m annotate extract", __doc__.split("\n\n")[0],
-                   positionals=("root",), flags=FLAGS, errors=(OSError, ValueError))
+                   positionals=("root",), errors=(OSError, ValueError))
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -196,7 +196,7 @@ def main(cfg: IndexConfig) -> IndexResult:
 
 def command() -> Command:
     return Command(IndexConfig, lambda cfg, args: main(cfg), "python -m annotate index", __doc__.split("\n\n")[0],
-                   positionals=("root", "out_manifest"), flags={"--min-frame-fraction": "min_frame_fraction"},
+                   positionals=("root", "out_manifest"),
                    errors=(OSError, ValueError))
 
 

@@ -158,7 +158,7 @@ def recompute_observations(out: Path, clip_id: str, mj: dict) -> dict:
     rows, _ = read_manifest(manifest)
     row = next((r for r in rows if r.get("clip_id") == clip_id), None)
     if row is None:
-        raise KeyError(f"{clip_id} is not in {manifest}")
+        raise ReportError(f"{clip_id} is not in {manifest}")
     rec = triangulate_stage(resolve_paths(row, manifest.parent), cfg.clip, keep_frames=True)
     rec = DepthStage(cfg.clip.depth)(rec)
     rec.pop("_frames", None)
@@ -263,7 +263,7 @@ def report(out: str | Path, clip: str | None = None, report_dir: str | Path | No
     if clip:
         ids = t.column("clip_id").to_pylist()
         if clip not in ids:
-            raise KeyError(f"{clip} is not in {out}")
+            raise ReportError(f"{clip} is not in {out}")
         row = t.slice(ids.index(clip), 1).to_pylist()[0]
         rep.clip = clip
         if row["status"] != "ok":
@@ -297,7 +297,7 @@ def main(cfg: ReportConfig) -> Report:
 def command() -> Command:
     return Command(ReportConfig, lambda cfg, args: main(cfg), "python -m annotate report",
                    __doc__.split("\n\n")[0], positionals=("out",), flags={"--clip": "clip", "--out": "report_dir"},
-                   errors=(FileNotFoundError, KeyError, output.ShardError, ReportError))
+                   errors=(FileNotFoundError, output.ShardError, ReportError))
 
 
 def cli(argv: list[str] | None = None) -> int:

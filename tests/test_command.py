@@ -21,7 +21,7 @@ class Inner:
 class Cfg:
     src: str  # input folder
     out: str = "out"  # output folder
-    n: int = 4  # how many
+    n: int = 4  # how many (100 % = all)
     mode: Literal["fast", "exact"] = "fast"  # the mode
     names: list[str] = field(default_factory=list)  # names
     progress: bool = True  # show progress
@@ -108,9 +108,10 @@ def test_passthrough_collects_foreign_overrides():
 
 def test_help_lists_keys_with_types_defaults_and_help():
     text = " ".join(_cmd([]).parser().format_help().split())
-    for needle in ("src (str, required) input folder", "n (int, default: 4) how many",
+    for needle in ("src (str, required) input folder", "n (int, default: 4) how many (100 % = all)",
                    "mode (choice, default: fast; choices: fast, exact)", "inner.steps (int, default: 3) inner steps",
-                   "--steps STEPS inner steps (default: 3; sets inner.steps)", "--progress, --no-progress"):
+                   "--steps STEPS inner steps (default: 3; sets inner.steps)",
+                   "--n N how many (100 % = all) (default: 4)", "--progress, --no-progress"):
         assert needle in text, needle
 
 
