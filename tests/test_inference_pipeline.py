@@ -293,9 +293,14 @@ def test_one_model_config_for_every_sampling_command(tmp_path, monkeypatch):
     assert sample_command().parse(["--out", "o", *opts])[0].model == want
     assert editor_command().parse(["--image", "i", *opts])[0].generate.model == want
     assert generate_command().parse(["--out", "o", "--annotations", "a", "--manifest", "m", *opts])[0].model == want
-    if not torch.cuda.is_available():
-        monkeypatch.setenv("LOCAL_RANK", "1")
-        assert resolve_device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device("auto") == "cpu" and resolve_device("cuda:3") == "cuda:3"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only the name is resolved: no GPU is touched
+    assert resolve_device("auto") == "cuda:1"  # this process's GPU under accelerate launch / torchrun
+    monkeypatch.delenv("LOCAL_RANK")
+    assert resolve_device("auto") == "cuda"
+    monkeypatch.undo()
     model = load_model(ModelSource(tiny=True, config="tiny"), tmp_path)
     assert model.dtype == torch.float32 and (tmp_path / ".tiny_tokenizer").is_dir()
     assert load_plugin(model, ModelSource(tiny=True)) is None  # no plug-in: the backbone alone

@@ -208,7 +208,7 @@ def main(cfg: SampleConfig) -> dict:
                          frame_stride=stride, fs=cfg.fs, trace_scale=cfg.trace_scale,
                          noise_shaping=cfg.noise_shaping, shaping_threshold=cfg.shaping_threshold,
                          erosion_kernel=cfg.erosion_kernel, mask_binarize=cfg.mask_binarize,
-                         point_size=cfg.point_size, outlier_removal=not not cfg.outlier_removal, mode=mode,
+                         point_size=cfg.point_size, outlier_removal=cfg.outlier_removal, mode=mode,
                          allow_untrained_mode=cfg.allow_untrained_mode, progress=cfg.progress)
     from train.camera.modes import UntrainedModeError
 

@@ -315,8 +315,7 @@ class Trainer:
         """Frozen encoders per sample (through the cache when enabled): VAE posterior moments, CLIP image tokens
         of the condition frame, text embedding."""
         bb, acc = self.backbone, self.accelerator
-        video = to_unit_range(batch["video"].to(acc.device)).to(self.weight_dtype)  # uint8 (training) or [-1, 1]
-        b, _, f, h, w = video.shape
+        b, _, f, h, w = batch["video"].shape
         keys, out = [None] * b, [None] * b
         if self.cache is not None:
             from .cache import sample_key
@@ -326,8 +325,8 @@ class Trainer:
                                      int(batch["cond_index"][i]), batch["caption"][i])
                 out[i] = self.cache.get(keys[i])
         todo = [i for i in range(b) if out[i] is None]
-        if todo:
-            x = video[todo]
+        if todo:  # only cache misses go to the device and the encoders; uint8 (training) or [-1, 1] video
+            x = to_unit_range(batch["video"][todo].to(acc.device)).to(self.weight_dtype)
             dist = bb.vae.encode(x.transpose(1, 2).flatten(0, 1)).latent_dist
             mean = dist.mean.view(len(todo), f, *dist.mean.shape[1:]).transpose(1, 2)
             std = dist.std.view(len(todo), f, *dist.std.shape[1:]).transpose(1, 2)
