@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from annotate.command import Command
-from eval.fvd import FVDConfig
+from eval.fvd import FVDConfig, from_weights
 from eval.log import ERRORS, LOG_LEVEL
 from eval.pose_estimation import PoseEstimationConfig
 
@@ -146,23 +146,18 @@ def cli_estimate_poses(argv: list[str] | None = None) -> int:
 # ------------------------------------------------------------------------------------------------ fvd
 
 
-def _no_fvd() -> FVDConfig:
-    return FVDConfig(variants=(), device="auto")
-
-
 @dataclass
 class FVDCommandConfig:
     real: str  # folder of real videos
     fake: str  # folder of generated videos
-    fvd: FVDConfig = field(default_factory=_no_fvd)  # variants: those whose I3D weights are given
+    fvd: FVDConfig = field(default_factory=from_weights)  # variants: those whose I3D weights are given
 
 
 def fvd_main(cfg: FVDCommandConfig) -> dict[str, Any]:
     """FVD of every variant between the videos of two folders (all of each, sorted by name)."""
-    from dataclasses import replace
     from pathlib import Path
 
-    from eval.fvd import fvd_from_paths
+    from eval.fvd import fvd_from_paths, resolve
     from eval.run import VIDEO_SUFFIXES
 
     def videos(folder: str) -> dict[str, Path]:
@@ -172,13 +167,9 @@ def fvd_main(cfg: FVDCommandConfig) -> dict[str, Any]:
         return {p.stem: p for p in sorted(d.iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES}
 
     real, fake = videos(cfg.real), videos(cfg.fake)
-    fvd = cfg.fvd
+    fvd = resolve(cfg.fvd)
     if not fvd.variants:
         raise ValueError("give --videogpt-i3d and/or --styleganv-i3d")
-    if fvd.device == "auto":
-        import torch
-
-        fvd = replace(fvd, device="cuda" if torch.cuda.is_available() else "cpu")
     return fvd_from_paths(list(real.values()), list(fake.values()), fvd) | {"num_real": len(real),
                                                                              "num_fake": len(fake)}
 

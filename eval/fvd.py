@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -46,6 +46,20 @@ class FVDConfig:
     device: str = "cpu"  # FVD device: auto (cuda when available, batched), cpu, cuda:N
     num_frames: int | None = None  # None: all frames (every video of both sets must have the same count)
     method: Literal["svd", "sqrtm"] = "svd"  # matrix square root: svd (TF-GAN, the reference) or sqrtm
+
+
+def from_weights() -> FVDConfig:
+    """The FVD settings of a command: no variant named (then those whose I3D weights are given), device auto."""
+    return FVDConfig(variants=(), device="auto")
+
+
+def resolve(cfg: FVDConfig) -> FVDConfig:
+    """``cfg`` ready to run: no variant named -> those whose I3D weights are given; device auto -> cuda when the
+    driver has a GPU (batched there), else cpu."""
+    variants = cfg.variants or tuple(v for v, path in (("videogpt", cfg.videogpt_weights),
+                                                       ("styleganv", cfg.styleganv_torchscript)) if path)
+    device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    return replace(cfg, variants=variants, device=device)
 
 
 # ----------------------------------------------------------------------------------------- preprocessing

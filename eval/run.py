@@ -45,7 +45,7 @@ import math
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +57,8 @@ from annotate.files import atomic_write_text, json_safe
 from annotate.job import RayConfig
 from annotate.video import VIDEO_SUFFIXES, read_frames
 from eval.fvd import FVD_KEYS, FVDConfig, fvd_from_paths
+from eval.fvd import from_weights as fvd_from_weights
+from eval.fvd import resolve as resolve_fvd
 from eval.log import logger
 from eval.metrics import METRIC_NAMES, camera_metrics
 from eval.pose_estimation import DepthSource, PoseEstimationConfig, aggregate_trials, predict_depth0, summarize
@@ -79,10 +81,6 @@ TRIAL_COLUMNS = ["clip", "trial", "seed", "status", "error", *METRIC_NAMES, "sca
                  "seconds"]
 
 
-def _no_fvd() -> FVDConfig:
-    return FVDConfig(variants=(), device="auto")
-
-
 @dataclass
 class EvalRunConfig:
     exp_dir: str  # experiment folder: samples/, gt_video/, camera_data/ (eval generate)
@@ -93,7 +91,7 @@ class EvalRunConfig:
     limit: int | None = None  # only the first N clips (sorted by name); None = all
     poses: bool = True  # False: FVD only (no pose estimation)
     pose: PoseEstimationConfig = field(default_factory=PoseEstimationConfig)  # pose estimation (eval.pose_estimation)
-    fvd: FVDConfig | None = field(default_factory=_no_fvd)  # no variants (or None): no FVD
+    fvd: FVDConfig | None = field(default_factory=fvd_from_weights)  # no variants and no weights (or None): no FVD
     show_progress: bool = True  # progress bar
     executor: Literal["ray", "local"] = "ray"  # ray: a task per video and trial (on Ray, see ray.*); local: inline
     ray: RayConfig = field(default_factory=RayConfig)  # address / local CPUs, as `annotate run`
@@ -336,12 +334,8 @@ def run_evaluation(cfg: EvalRunConfig, depth: DepthSource | None = None) -> dict
         summary["gt_cache"] = str(cache)
         if depth is None:
             summary["note"] = "no metric depth source: absolute metrics (TransErr_abs, CamMC_abs) not computed"
-    if cfg.fvd is not None and cfg.fvd.variants:
-        fvd = cfg.fvd
-        if fvd.device == "auto":  # batched on the GPU when the driver has one
-            import torch
-
-            fvd = replace(fvd, device="cuda" if torch.cuda.is_available() else "cpu")
+    fvd = resolve_fvd(cfg.fvd) if cfg.fvd is not None else None
+    if fvd is not None and fvd.variants:
         summary["fvd_device"] = fvd.device
         pairs = [(c.gt_video, c.sample) for c in clips if c.gt_video is not None and c.sample is not None]
         summary["fvd_num_videos"] = len(pairs)
@@ -387,11 +381,10 @@ NO_AFFINE = {"--no-affine": ("plain SIFT (no affine shape / domain-size pooling;
 
 
 def fvd_variants(cfg: Any) -> Any:
-    """No FVD variants given: those whose I3D weights are (the historical --videogpt-i3d / --styleganv-i3d)."""
-    fvd = cfg.fvd
-    if fvd is not None and not fvd.variants:
-        fvd.variants = tuple(v for v, path in (("videogpt", fvd.videogpt_weights),
-                                               ("styleganv", fvd.styleganv_torchscript)) if path)
+    """The variants the run will compute, shown by --print-config (the device stays as given: auto is resolved
+    where FVD runs)."""
+    if cfg.fvd is not None:
+        cfg.fvd.variants = resolve_fvd(cfg.fvd).variants
     return cfg
 
 

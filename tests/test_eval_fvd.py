@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -232,3 +233,10 @@ def test_fvd_from_paths_and_cli(tmp_path, detector_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["FVD_styleganv"] == pytest.approx(res["FVD_styleganv"]) and out["num_real"] == 4
     assert main(["fvd", str(tmp_path / "real"), str(tmp_path / "fake")]) == 2  # no network given
+    # from Python, as the command: the variants of the given weights, device auto
+    from eval.cli import FVDCommandConfig, fvd_main
+    from eval.fvd import from_weights
+
+    py = fvd_main(FVDCommandConfig(str(tmp_path / "real"), str(tmp_path / "fake"),
+                                   replace(from_weights(), styleganv_torchscript=str(detector_path), batch_size=3)))
+    assert py["FVD_styleganv"] == pytest.approx(res["FVD_styleganv"]) and "FVD_videogpt" not in py
