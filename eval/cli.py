@@ -15,22 +15,15 @@ Each is a typed config plus ``main(cfg)`` (callable from Python) with a command 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from annotate.command import Command
+from annotate.files import json_text
 from eval.fvd import FVDConfig, from_weights
 from eval.log import ERRORS, LOG_LEVEL
 from eval.pose_estimation import PoseEstimationConfig
-
-
-def _json(obj: Any) -> str:
-    from eval.run import _json_safe
-
-    return json.dumps(_json_safe(obj), indent=1)
-
 
 # ------------------------------------------------------------------------------------------------ camera-metrics
 
@@ -87,7 +80,7 @@ class EstimatePosesConfig:
 def estimate_poses_main(cfg: EstimatePosesConfig) -> list[dict[str, Any]]:
     """One row per trial: status, metric scale and (when every frame registered) the metrics against the camera."""
     from annotate.camera import relative_to
-    from annotate.files import atomic_write_text
+    from annotate.files import write_json
     from annotate.video import read_frames
     from eval.metrics import camera_metrics
     from eval.pose_estimation import estimate_trials
@@ -120,13 +113,13 @@ def estimate_poses_main(cfg: EstimatePosesConfig) -> list[dict[str, Any]]:
                 row["c2w"] = e.c2w.tolist()
         result.append(row)
     if cfg.out:
-        atomic_write_text(cfg.out, _json(result))
+        write_json(cfg.out, result, nonfinite_as_null=True)
     return result
 
 
 def _run_estimate_poses(cfg: EstimatePosesConfig, args: argparse.Namespace) -> int:
     rows = estimate_poses_main(cfg)
-    print(_json(rows))
+    print(json_text(rows, nonfinite_as_null=True))
     return 0 if any(r["ok"] for r in rows) else 1
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import sys
 import time
@@ -53,7 +52,7 @@ import numpy as np
 
 from annotate.camera import relative_to
 from annotate.command import Command
-from annotate.files import atomic_write_text, json_safe
+from annotate.files import atomic_write_text, json_text, write_json
 from annotate.job import RayConfig
 from annotate.video import VIDEO_SUFFIXES, read_frames
 from eval.fvd import FVD_KEYS, FVDConfig, fvd_from_paths
@@ -272,11 +271,6 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _json_safe(obj: Any) -> Any:
-    """JSON values with NaN/inf as null (the summaries' missing metrics): annotate.files' one sanitiser."""
-    return json_safe(obj, nonfinite_as_null=True)
-
-
 def run_evaluation(cfg: EvalRunConfig, depth: DepthSource | None = None) -> dict[str, Any]:
     """Pose metrics (and FVD when configured) over ``cfg.exp_dir``; writes the files listed in the
     module docstring into ``cfg.out_dir`` and returns the summary. Trials already stored (in ``OUT/trials``
@@ -329,7 +323,7 @@ def run_evaluation(cfg: EvalRunConfig, depth: DepthSource | None = None) -> dict
                           "num_trials": a.num_trials, "num_failed": a.num_failed, "num_outliers": a.num_outliers,
                           "errors": " | ".join(a.errors)} for a in aggregates.values()]
         _write_csv(out / "clips.csv", clip_rows_out, list(clip_rows_out[0]) if clip_rows_out else ["clip"])
-        atomic_write_text(out / "clips.json", json.dumps(_json_safe(clip_rows_out), indent=1))
+        write_json(out / "clips.json", clip_rows_out, nonfinite_as_null=True)
         summary.update(summarize(aggregates, METRIC_NAMES))
         summary["gt_cache"] = str(cache)
         if depth is None:
@@ -356,7 +350,7 @@ def run_evaluation(cfg: EvalRunConfig, depth: DepthSource | None = None) -> dict
     summary["cpu_seconds"] = round(cpu, 2)  # the trial and extraction tasks' CPU time plus the driver's
     summary["video_trials_per_cpu_hour"] = round(3600 * computed / cpu, 1) if computed and cpu > 0 else None
     summary["config"] = asdict(cfg)
-    atomic_write_text(out / "summary.json", json.dumps(_json_safe(summary), indent=1))
+    write_json(out / "summary.json", summary, nonfinite_as_null=True)
     return summary
 
 
@@ -400,7 +394,7 @@ def main(cfg: EvalRunConfig) -> dict[str, Any]:
 def _run(cfg: EvalRunConfig, args: argparse.Namespace) -> int:
     summary = main(cfg)
     summary.pop("config", None)
-    print(json.dumps(_json_safe(summary), indent=1))
+    print(json_text(summary, nonfinite_as_null=True))
     n = summary.get("num_videos")
     return 0 if (not cfg.poses or (n and summary.get("num_succeeded"))) else 1
 
