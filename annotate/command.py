@@ -34,6 +34,7 @@ import yaml
 
 from annotate.config import (
     ConfigError,
+    MissingConfigError,
     _dataclass_type,
     all_keys,
     apply_overrides,
@@ -337,9 +338,7 @@ class Command:
         if args.config:
             try:
                 data = self.load_preset(args.config)
-            except ConfigError as e:
-                if os.path.exists(args.config):
-                    raise
+            except MissingConfigError as e:
                 raise ConfigError(f"{e} (--config: {self.presets})") from None
             cfg = from_dict(self.config, data, base=cfg)
         for dest, value in vars(args).items():

@@ -22,6 +22,10 @@ class ConfigError(ValueError):
     pass
 
 
+class MissingConfigError(ConfigError):
+    """A config file that does not exist (a command adds which presets it takes)."""
+
+
 def all_keys(cls_or_obj: Any, prefix: str = "") -> list[str]:
     """Every dotted leaf key of a dataclass (type or instance)."""
     cls = cls_or_obj if isinstance(cls_or_obj, type) else type(cls_or_obj)
@@ -160,7 +164,7 @@ def set_key(cfg: Any, key: str, value: Any) -> None:
 def read_yaml(path: str | Path) -> dict:
     """A YAML preset as a mapping, with errors that name the file."""
     if not Path(path).exists():
-        raise ConfigError(f"config file {str(path)!r}: no such file")
+        raise MissingConfigError(f"config file {str(path)!r}: no such file")
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as e:

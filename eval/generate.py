@@ -289,9 +289,11 @@ def main(cfg: GenerateConfig) -> dict:
 
 def command() -> Command:
     from eval.log import ERRORS, LOG_LEVEL
+    from train.command_line import preset_reader
 
     return Command(GenerateConfig, lambda cfg, args: main(cfg), "python -m eval generate", __doc__.split("\n\n")[0],
-                   flags=FLAGS, log_level=LOG_LEVEL, errors=ERRORS)
+                   flags=FLAGS, log_level=LOG_LEVEL, errors=ERRORS,
+                   load_preset=preset_reader("python -m eval generate"))  # a backbone preset given to --config
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 
 from annotate.files import write_json
+from train.build import dropout_off
 from train.dynamicrafter.config import load_config
 from train.dynamicrafter.unet import UNetModel
 
@@ -102,9 +103,7 @@ def main(a: BenchBackboneConfig) -> dict:
     build_s = time.perf_counter() - t0
     unet.requires_grad_(False)  # frozen backbone, as in camera plug-in training
     unet.train()  # gradient checkpointing is active in training mode
-    for m in unet.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.eval()
+    dropout_off(unet)
     dtypes = a.dtypes or (["fp16", "bf16"] if device.type == "cuda" else ["fp32"])
     result = {"preset": a.preset, "device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -122,17 +121,11 @@ def main(a: BenchBackboneConfig) -> dict:
     return result
 
 
-def _run(cfg: BenchBackboneConfig, args) -> int:
-    main(cfg)
-    return 0
-
-
 def command():
     from annotate.command import Command
 
-    return Command(BenchBackboneConfig, _run, "python -m train.bench_backbone", __doc__.split("\n\n")[0],
-                   flags={"--out": "out", "--preset": "preset", "--device": "device", "--dtypes": "dtypes",
-                          "--frames": "frames", "--repeats": "repeats", "--checkpointing": "checkpointing"})
+    return Command(BenchBackboneConfig, lambda cfg, args: main(cfg), "python -m train.bench_backbone",
+                   __doc__.split("\n\n")[0], print_result=False)  # main prints its summary and writes the JSON
 
 
 def cli(argv: list[str] | None = None) -> int:

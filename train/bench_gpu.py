@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from annotate.files import write_json
+from train.build import dropout_off
 
 PAPER_SAMPLES_PER_S_PER_GPU = 50_000 * 64 / (25 * 3600) / 8
 SECTIONS = ("depth", "train", "sample")
@@ -184,9 +185,7 @@ def bench_train_step(bb, plugin, device: torch.device, batch: int, frames: int, 
     unet = bb.unet
     set_checkpointing(unet, checkpointing)
     unet.train()
-    for m in unet.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.eval()
+    dropout_off(unet)
     model = CameraControlledUNet(unet, plugin)
     params = [p for p in plugin.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
@@ -326,15 +325,11 @@ def main(a: BenchGpuConfig) -> dict:
     return result
 
 
-def _run(cfg: BenchGpuConfig, args) -> int:
-    main(cfg)
-    return 0
-
-
 def command():
     from annotate.command import Command
 
-    return Command(BenchGpuConfig, _run, "python -m train.bench_gpu", __doc__.split("\n\n")[0])
+    return Command(BenchGpuConfig, lambda cfg, args: main(cfg), "python -m train.bench_gpu",
+                   __doc__.split("\n\n")[0], print_result=False)  # main prints its summary and writes the JSON
 
 
 def cli(argv: list[str] | None = None) -> int:

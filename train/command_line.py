@@ -1,9 +1,10 @@
 """What train's sampling and conversion commands share on their command lines (annotate/command.py).
 
 Every command's ``--config`` is now its own YAML preset; the backbone preset (tiny/256/512/1024 or a backbone
-YAML), which ``train.sample``, ``train.convert``, ``train.camera.released`` and the editor took as ``--config``
-before, is ``--backbone`` (key ``config``, the name :func:`train.inference.model.load_model` reads). A backbone preset
-given to ``--config`` is refused with that spelling instead of failing as an unreadable or foreign preset.
+YAML), which ``train.sample``, ``train.convert``, ``train.camera.released``, the editor and ``eval generate``
+took as ``--config`` before, is ``--backbone`` (key ``config``, the name
+:func:`train.inference.model.load_model` reads). A backbone preset given to ``--config`` is refused with that
+spelling instead of failing as an unreadable or foreign preset.
 """
 
 from __future__ import annotations
