@@ -12,7 +12,6 @@ import argparse
 import sys
 
 from annotate.command import Command
-from annotate.config import ConfigError
 
 
 def _options(p: argparse.ArgumentParser) -> None:
@@ -23,20 +22,14 @@ def _options(p: argparse.ArgumentParser) -> None:
 
 def run(cfg, args: argparse.Namespace) -> int:
     """Preflight, then train (``--check``: the preflight's inputs part only)."""
-    from .preflight import check_train
-    from .run_folder import resolve_resume
+    from .preflight import check_train, launch_command
 
-    problems = check_train(cfg, args.config, args.overrides, launch=not args.check)
-    try:
-        resolve_resume(cfg)  # resume=none on a used folder, damaged checkpoints
-    except ConfigError as e:
-        problems.add(str(e))  # names its own fix
-    problems.raise_if_any()
+    check_train(cfg, args.config, args.overrides, launch=not args.check).raise_if_any()
     if args.check:  # the assets only: where it is checked (a login node) is rarely where it runs
         print(f"preflight passed: every input of {args.config or 'the default config'} is in place")
         if cfg.run.deepspeed:
-            print("launch it with: accelerate launch --config_file train/configs/accelerate_8xh100.yaml -m train "
-                  f"--config {args.config or 'CONFIG'} (= make train), or add run.deepspeed='' for one process")
+            print(f"launch it with: {launch_command(args.config, args.overrides)} (= make train), or add "
+                  "run.deepspeed='' for one process")
         return 0
     from .trainer import TrainingError, train
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from annotate.config import ConfigError
 from annotate.preflight import (
     Problems,
     need_annotation_dir,
@@ -85,12 +86,18 @@ def check_backbone_preset(problems: Problems, preset: str, key: str) -> bool:
     return True
 
 
+def launch_command(config_path: str | None, overrides: list[str] | None = None) -> str:
+    """The ``accelerate launch`` command line of a multi-GPU preset (what ``make train`` runs)."""
+    return " ".join(["accelerate launch --config_file", ACCELERATE_8XH100, "-m train --config",
+                     shlex.quote(config_path or "CONFIG"), *map(shlex.quote, overrides or [])])
+
+
 def check_train(cfg, config_path: str | None = None, overrides: list[str] | None = None,
                 launch: bool = True) -> Problems:
     """Every problem of a trainer config that would stop the run later (``cfg`` is a checked TrainConfig);
-    ``launch=False`` (``--check`` on a login node) leaves out the launch: accelerate launch and the GPU. The
-    resume check (``train.trainer.resolve_resume``) is added by ``python -m train``: inference imports this
-    module and stays apart from the trainer."""
+    ``launch=False`` (``--check`` on a login node) leaves out the launch: accelerate launch and the GPU."""
+    from train.run_folder import resolve_resume
+
     pb = Problems("python -m train")
     d, m, r = cfg.data, cfg.model, cfg.run
     need_annotation_dir(pb, d.annotation_dir, "data.annotation_dir")
@@ -111,8 +118,7 @@ def check_train(cfg, config_path: str | None = None, overrides: list[str] | None
     if r.deepspeed:
         if need_file(pb, r.deepspeed, "run.deepspeed", "give the DeepSpeed JSON (train/configs/deepspeed_zero1.json) "
                      "or run.deepspeed='' for plain DDP / one process", (".json",)) and launch and not launched():
-            cmd = " ".join(["accelerate launch --config_file", ACCELERATE_8XH100, "-m train --config",
-                            shlex.quote(config_path or "CONFIG"), *map(shlex.quote, overrides or [])])
+            cmd = launch_command(config_path, overrides)
             pb.add(f"run.deepspeed={r.deepspeed} is a multi-GPU DeepSpeed setup, but this process was not started "
                    "by accelerate launch (no WORLD_SIZE / LOCAL_RANK)",
                    f"launch it with `{cmd}` (= make train CONFIG={config_path or 'CONFIG'}), or add "
@@ -123,6 +129,10 @@ def check_train(cfg, config_path: str | None = None, overrides: list[str] | None
         if not torch.cuda.is_available():
             pb.add("run.mixed_precision=fp16 needs a CUDA GPU and none is visible",
                    "run on a GPU node, or add run.mixed_precision=no (or bf16) to train on the CPU")
+    try:
+        resolve_resume(cfg)  # resume=none on a used folder, damaged checkpoints
+    except ConfigError as e:
+        pb.add(str(e))  # names its own fix
     return pb
 
 
