@@ -23,34 +23,32 @@ import numpy as np
 
 from annotate.command import Command
 from annotate.files import write_json
-from annotate.job_config import JobConfig
+from annotate.job_config import JobConfig, RayConfig
 
 
 @dataclass
 class BenchJobConfig:
     sample: str = "data/sample"  # synthetic sample (generated when its manifest.csv is missing)
     json: str = "bench/annotate_job.json"  # the JSON result ('' = not written)
-    num_cpus: int | None = 2  # CPUs of the local Ray (null = all cores); sets job.ray.num_cpus
     clips: int = 8  # clips of a generated sample
     frames: int = 28  # frames per clip of a generated sample
-    job: JobConfig = field(default_factory=JobConfig)  # the job (its manifest, out and progress are the bench's)
+    # the job (its manifest, out and progress are the bench's); its local Ray gets 2 CPUs (--num-cpus, null = all)
+    job: JobConfig = field(default_factory=lambda: JobConfig(ray=RayConfig(num_cpus=2)))
 
 
-def bench(sample: str | os.PathLike = "data/sample", json_path: str | os.PathLike | None = None,
-          num_cpus: int | None = 2, clips: int = 8, frames: int = 28, overrides: list[str] | None = None,
-          job: JobConfig | None = None) -> dict:
-    """Run the job on ``sample`` with ``job`` (default: the defaults plus ``overrides``); its throughput."""
+def bench(sample: str | os.PathLike, json_path: str | os.PathLike | None, clips: int, frames: int,
+          job: JobConfig) -> dict:
+    """Run ``job`` on ``sample`` (generated with ``clips`` x ``frames`` when missing); its throughput."""
     from annotate import output
-    from annotate.config import load_config
     from annotate.job import run, versions
     from annotate.synth import SynthConfig, generate
 
     sample = Path(sample)
     if not (sample / "manifest.csv").exists():
         generate(SynthConfig(out=str(sample), clips=clips, frames=frames))
-    cfg = copy.deepcopy(job) if job is not None else load_config(JobConfig, None, list(overrides or []))
+    cfg = copy.deepcopy(job)
     cfg.progress = False
-    cfg.ray.num_cpus = num_cpus
+    num_cpus = cfg.ray.num_cpus
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench_job_") as tmp:
         t0 = time.perf_counter()
@@ -85,13 +83,13 @@ def bench(sample: str | os.PathLike = "data/sample", json_path: str | os.PathLik
 
 def main(cfg: BenchJobConfig) -> dict:
     """The job's throughput on the sample (:func:`bench`), written to ``cfg.json``."""
-    return bench(cfg.sample, cfg.json or None, cfg.num_cpus, cfg.clips, cfg.frames, job=cfg.job)
+    return bench(cfg.sample, cfg.json or None, cfg.clips, cfg.frames, cfg.job)
 
 
 def command() -> Command:
     return Command(BenchJobConfig, lambda cfg, args: main(cfg), "python -m annotate.bench_job",
-                   __doc__.split("\n\n")[0], flags={"--sample": "sample", "--json": "json", "--num-cpus": "num_cpus",
-                                                     "--clips": "clips", "--frames": "frames"})
+                   __doc__.split("\n\n")[0], flags={"--sample": "sample", "--json": "json", "--clips": "clips",
+                                                     "--frames": "frames", "--num-cpus": "job.ray.num_cpus"})
 
 
 def cli(argv: list[str] | None = None) -> int:

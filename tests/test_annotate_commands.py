@@ -21,8 +21,8 @@ from annotate.synth import SynthConfig
 
 
 def _job() -> BenchJobConfig:
-    cfg = BenchJobConfig(sample="s", num_cpus=3)
-    cfg.job.shard_rows, cfg.job.clip.sfm.max_side = 4, 320
+    cfg = BenchJobConfig(sample="s")
+    cfg.job.shard_rows, cfg.job.clip.sfm.max_side, cfg.job.ray.num_cpus = 4, 320, 3
     return cfg
 
 
