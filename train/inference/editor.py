@@ -794,15 +794,14 @@ def main(cfg: EditorConfig, started=None) -> None:
 
 def command(started=None):
     """The command line; ``started``: see :func:`serve`."""
+    import logging
     import sys
 
     from annotate.command import Command
-    from annotate.log import setup_logging
 
     from ..command_line import preset_reader
 
     def run(cfg: EditorConfig, args: argparse.Namespace) -> int:
-        setup_logging(max(1, args.verbose))
         try:
             editor = start(cfg)
         except (ValueError, OSError) as e:
@@ -812,7 +811,7 @@ def command(started=None):
         return 0
 
     return Command(EditorConfig, run, "python -m train.inference.editor", __doc__.split("\n\n")[0],
-                   flags=FLAGS,
+                   flags=FLAGS, log_level=logging.INFO,  # the server's address and progress at info, as always
                    load_preset=preset_reader("python -m train.inference.editor"))
 
 
