@@ -27,7 +27,6 @@ from annotate.depth import (
     depth_at_keypoints,
 )
 from annotate.log import get_logger
-from annotate.manifest import resolve_paths  # noqa: F401 - re-exported: the job and tests resolve rows here
 from annotate.re10k import DEFAULT_ROTATION_TOL, CameraFileError, read_camera_file
 from annotate.scale import NoValidScale, ScaleConfig, clip_statistics, frame_scales, point_ratios
 from annotate.triangulate import Observations, SfmConfig, TriangulationError, triangulate, visible_ratios

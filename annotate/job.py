@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from annotate import output
-from annotate.clip import empty_record, failed, finish_stage, resolve_paths
+from annotate.clip import empty_record, failed, finish_stage
 from annotate.config import ConfigError, to_dict
 from annotate.job_cli import cli, main
 from annotate.job_config import CONFIG_DIR, JobConfig, JobError, RayConfig
@@ -43,6 +43,7 @@ from annotate.job_progress import Progress, print_summary
 from annotate.local_ray import start_ray, stop_ray
 from annotate.log import get_logger, setup_logging
 from annotate.manifest import load as load_manifest
+from annotate.manifest import resolve_paths
 from annotate.preflight import Problems, need_output_folder
 from annotate.provenance import versions
 

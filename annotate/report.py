@@ -146,10 +146,10 @@ def plot_scales(t, mj: dict, folder: Path) -> dict[str, str]:
 
 def recompute_observations(out: Path, clip_id: str, mj: dict) -> dict:
     """The clip's keypoint observations (relative depth z, metric depth) from its input files."""
-    from annotate.clip import DepthStage, resolve_paths, triangulate_stage
+    from annotate.clip import DepthStage, triangulate_stage
     from annotate.config import from_dict
     from annotate.job import JobConfig
-    from annotate.manifest import read_manifest
+    from annotate.manifest import read_manifest, resolve_paths
 
     manifest = Path(mj.get("input_manifest", ""))
     if not manifest.is_file():

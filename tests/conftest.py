@@ -151,7 +151,8 @@ def train_annotations(tmp_path_factory) -> dict:
 
     import pyarrow as pa
 
-    from annotate.clip import annotate_clip, resolve_paths
+    from annotate.clip import annotate_clip
+    from annotate.manifest import resolve_paths
     from annotate.output import rows_to_table, write_shard
     from annotate.synth import SynthConfig, generate
 

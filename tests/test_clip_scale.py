@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from annotate.camera import metric_c2w
-from annotate.clip import ClipConfig, DepthStage, annotate_clip, finish_stage, resolve_paths, triangulate_stage
+from annotate.clip import ClipConfig, DepthStage, annotate_clip, finish_stage, triangulate_stage
 from annotate.depth import DepthAnythingPredictor, DepthConfig, sample_bilinear
+from annotate.manifest import resolve_paths
 from annotate.re10k import read_camera_file, write_camera_file
 from annotate.scale import clip_statistics, frame_scales, point_ratios
 from annotate.synth import load_ground_truth, read_manifest_rows

@@ -15,10 +15,10 @@ from PIL import Image
 
 from annotate.__main__ import main
 from annotate.camera import w2c_to_c2w
-from annotate.clip import annotate_clip, resolve_paths
+from annotate.clip import annotate_clip
 from annotate.imports import OPENGL_TO_OPENCV
 from annotate.index import index
-from annotate.manifest import load
+from annotate.manifest import load, resolve_paths
 from annotate.re10k import read_camera_file
 from annotate.video import read_frames
 

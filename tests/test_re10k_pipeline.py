@@ -9,11 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
-from annotate.clip import annotate_clip, resolve_paths
+from annotate.clip import annotate_clip
 from annotate.extract import ExtractConfig, extract
 from annotate.fetch import FetchConfig, fetch
 from annotate.index import index
-from annotate.manifest import load
+from annotate.manifest import load, resolve_paths
 from annotate.re10k import read_camera_file
 from annotate.video import read_frames, write_video
 from tests.test_fetch import Server

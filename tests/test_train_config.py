@@ -11,7 +11,7 @@ import yaml
 from annotate.config import ConfigError
 from train.__main__ import main
 from train.config import load_train_config
-from train.trainer import find_checkpoint, resolve_resume
+from train.run_folder import find_checkpoint, resolve_resume
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "train" / "configs"

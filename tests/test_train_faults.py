@@ -24,7 +24,8 @@ from safetensors.torch import load_file, save_file
 from annotate.config import ConfigError
 from train.__main__ import main
 from train.config import load_train_config
-from train.trainer import Trainer, TrainingError, intact_checkpoint, resolve_resume, verify_checkpoint
+from train.run_folder import intact_checkpoint, resolve_resume, verify_checkpoint
+from train.trainer import Trainer, TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "train" / "configs" / "tiny.yaml")

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from annotate.camera import c2w_to_w2c, make_pose, rot_y, rotation_angle
-from annotate.clip import ClipConfig, DepthStage, finish_stage, resolve_paths, triangulate_stage
+from annotate.clip import ClipConfig, DepthStage, finish_stage, triangulate_stage
+from annotate.manifest import resolve_paths
 from annotate.synth import load_ground_truth, read_manifest_rows
 from annotate.triangulate import (
     SfmConfig,

@@ -46,15 +46,7 @@ from .camera import CameraControlledUNet, count_parameters
 from .camera.modes import concat_condition, plugin_metadata
 from .config import TrainConfig, ValidationConfig
 from .data import CameraVideoDataset, ResumableSampler, collate, to_unit_range
-from .run_folder import (  # noqa: F401 - find_checkpoint, intact_checkpoint, verify_checkpoint: re-exported
-    CKPT_RE,
-    PLUGIN_FILE,
-    STATE_FILE,
-    find_checkpoint,
-    intact_checkpoint,
-    resolve_resume,
-    verify_checkpoint,
-)
+from .run_folder import CKPT_RE, PLUGIN_FILE, STATE_FILE, resolve_resume
 
 log = get_logger("train")
 
